@@ -1,0 +1,65 @@
+"""The keys this model adds to the runner's, and the checks that involve several keys."""
+from rectools.config import REQUIRED, Key
+from rectools.errors import ConfigError
+
+# Ali-CCP's 23 sparse fields, in the order of PaddleRec's field_0 ... field_22.
+ALI_CCP_FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126",
+                  "127", "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301"]
+
+COUNTERFACT_MODES = ("ESMM", "NAIVE", "IPW", "DR")
+
+KEYS = [
+    Key("runner.counterfact_mode", "str", "DR",
+        "CVR risk: ESMM (none), NAIVE (clicked impressions only), IPW or DR (ESCM2)",
+        choices=COUNTERFACT_MODES),
+    Key("hyper_parameters.sparse_feature_number", "int", REQUIRED,
+        "rows of the embedding table: every feature id must be below it", minimum=2),
+    Key("hyper_parameters.sparse_feature_dim", "int", 12, "embedding size", minimum=1),
+    Key("hyper_parameters.fields", "str_list", ALI_CCP_FIELDS,
+        "field ids read from the data, in input order; tokens of other fields are skipped and counted"),
+    Key("hyper_parameters.num_field", "int", None, "number of fields; when set it must equal len(fields)"),
+    Key("hyper_parameters.feature_size", "int", None,
+        "width of the concatenated embeddings; when set it must equal num_field * sparse_feature_dim"),
+    Key("hyper_parameters.max_len", "int", 3,
+        "ids kept per field and sample (sum-pooled); ids beyond it are dropped and counted in the log",
+        minimum=1),
+    Key("hyper_parameters.backbone", "str", "mlp",
+        "mlp: one MLP tower per task on the embeddings (the paper); mmoe: towers on a shared MMoE",
+        choices=("mlp", "mmoe")),
+    Key("hyper_parameters.ctr_fc_sizes", "int_list", [256, 64], "hidden layers of the CTR tower (mlp)"),
+    Key("hyper_parameters.cvr_fc_sizes", "int_list", [256, 64],
+        "hidden layers of the CVR tower and of DR's imputation tower (mlp)"),
+    Key("hyper_parameters.expert_num", "int", 8, "experts of the MMoE backbone", minimum=1),
+    Key("hyper_parameters.expert_size", "int", 16, "output width of each MMoE expert", minimum=1),
+    Key("hyper_parameters.tower_size", "int", 8, "hidden width of each tower on the MMoE backbone", minimum=1),
+    Key("hyper_parameters.gate_num", "int", None,
+        "PaddleRec's gate count; here there is one gate per tower (2, or 3 with DR's imputation tower)",
+        ignored=True),
+    Key("hyper_parameters.counterfactual_w", "float", 0.5, "lambda_c, weight of the CVR risk", minimum=0),
+    Key("hyper_parameters.global_w", "float", 1.0, "lambda_g, weight of the CTCVR risk", minimum=0),
+    Key("hyper_parameters.propensity_floor", "float", 0.02,
+        "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6),
+    Key("hyper_parameters.optimizer.class", "str", "adam", "optimizer", choices=("adam", "adagrad", "sgd")),
+    Key("hyper_parameters.optimizer.learning_rate", "float", 0.001, "learning rate", minimum=0),
+    Key("hyper_parameters.optimizer.strategy", "str", None,
+        "PaddleRec's parameter-server strategy; training here is single-process", ignored=True),
+]
+
+
+def validate(config):
+    fields = config["hyper_parameters.fields"]
+    if not fields or len(set(fields)) != len(fields):
+        raise ConfigError(f"{config.path}: hyper_parameters.fields must be a non-empty list of distinct field ids")
+    num_field = config["hyper_parameters.num_field"]
+    if num_field is not None and num_field != len(fields):
+        raise ConfigError(f"{config.path}: hyper_parameters.num_field is {num_field} but "
+                          f"hyper_parameters.fields lists {len(fields)} fields")
+    width = len(fields) * config["hyper_parameters.sparse_feature_dim"]
+    feature_size = config["hyper_parameters.feature_size"]
+    if feature_size is not None and feature_size != width:
+        raise ConfigError(f"{config.path}: hyper_parameters.feature_size is {feature_size} but "
+                          f"{len(fields)} fields x sparse_feature_dim {config['hyper_parameters.sparse_feature_dim']}"
+                          f" = {width}")
+    for key in ("hyper_parameters.ctr_fc_sizes", "hyper_parameters.cvr_fc_sizes"):
+        if any(size < 1 for size in config[key]):
+            raise ConfigError(f"{config.path}: {key} must list positive sizes, got {config[key]}")

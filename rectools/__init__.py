@@ -1,0 +1,1 @@
+"""A small runtime for PaddleRec-style model folders: config, data, metrics, checkpoints, loops."""

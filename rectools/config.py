@@ -1,0 +1,170 @@
+"""Config as a schema: every key has one declaration (type, default, meaning).
+
+A YAML file with sections (`runner:`, `hyper_parameters:`) is flattened to dotted keys
+(`hyper_parameters.optimizer.learning_rate`), `-o key=value` overrides are applied, and every
+value is checked against the schema before any work starts. Paths in the file are relative to
+the file; paths given with `-o` are relative to the current directory.
+"""
+import difflib
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from .errors import ConfigError
+
+REQUIRED = object()  # default of a key that has no default
+
+_TYPE_NAMES = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+    "path": "a path", "int_list": "a list of integers", "str_list": "a list of strings",
+}
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: str
+    default: object
+    doc: str
+    choices: tuple = ()
+    minimum: float = None
+    ignored: bool = False  # accepted for PaddleRec compatibility; has no effect here
+
+    def check(self, value, source):
+        """The value converted to this key's type, or a ConfigError naming key and source."""
+        if value is None and self.default is None:
+            return None
+        ok = {
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+            "path": lambda v: isinstance(v, str) and v != "",
+            "int_list": lambda v: isinstance(v, list)
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
+            "str_list": lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) for x in v),
+        }[self.type]
+        if not ok(value):
+            raise ConfigError(f"{source}: {self.name} must be {_TYPE_NAMES[self.type]}, got {value!r}")
+        if self.type == "float":
+            value = float(value)
+        if self.type == "str_list":
+            value = [str(x) for x in value]
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{source}: {self.name} must be at least {self.minimum}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise ConfigError(
+                f"{source}: {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
+        return value
+
+
+class Config(dict):
+    """Flat dotted key -> checked value. `path` is the YAML file it came from."""
+
+    def __init__(self, values, path, schema):
+        super().__init__(values)
+        self.path = path
+        self.schema = schema
+
+    def require(self, *names, by):
+        """Fail before any work if a key the command `by` needs was left unset."""
+        for name in names:
+            if self.get(name) is None:
+                raise ConfigError(f"{self.path}: {name} is required by {by} (set it in the file or with -o {name}=...)")
+
+
+def flatten(tree, prefix=""):
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def read_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            tree = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected sections such as runner: and hyper_parameters:")
+    return flatten(tree)
+
+
+def parse_overrides(overrides, schema):
+    """`-o key=value` pairs -> {full key: value}. A bare key is accepted when one key ends with it."""
+    parsed = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
+        if name not in schema:
+            endings = [k for k in schema if k.endswith("." + name)]
+            if len(endings) > 1:
+                raise ConfigError(f"-o {name}: ambiguous, say one of {', '.join(endings)}")
+            if endings:
+                name = endings[0]
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        parsed[name] = value
+    return parsed
+
+
+def unknown_key_error(name, schema, source):
+    hint = difflib.get_close_matches(name, list(schema), n=1, cutoff=0.6)
+    if not hint:  # a typo inside a long dotted key: compare the last part too
+        tails = {k.rsplit(".", 1)[-1]: k for k in schema}
+        near = difflib.get_close_matches(name.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
+        hint = [tails[near[0]]] if near else []
+    more = f"; did you mean {hint[0]}?" if hint else ""
+    return ConfigError(f"{source}: unknown key {name}{more}")
+
+
+def load_config(path, overrides, keys):
+    """Read, override and check a config against `keys` (an iterable of Key)."""
+    schema = {k.name: k for k in keys}
+    path = os.path.abspath(path)
+    base = os.path.dirname(path)
+    values = {}
+    for name, value in read_yaml(path).items():
+        if name not in schema:
+            raise unknown_key_error(name, schema, path)
+        values[name] = (schema[name].check(value, path), base)
+    for name, value in parse_overrides(overrides, schema).items():
+        if name not in schema:
+            raise unknown_key_error(name, schema, "-o")
+        values[name] = (schema[name].check(value, "-o"), os.getcwd())
+    checked = {}
+    for name, key in schema.items():
+        if name in values:
+            value, relative_to = values[name]
+        elif key.default is REQUIRED:
+            raise ConfigError(f"{path}: {name} is required ({key.doc})")
+        else:
+            value, relative_to = key.default, base
+        if key.type == "path" and value is not None:
+            value = os.path.normpath(os.path.join(relative_to, os.path.expanduser(value)))
+        checked[name] = value
+    return Config(checked, path, schema)
+
+
+def describe(keys):
+    """The schema as a Markdown table, for the docs."""
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for k in keys:
+        default = "required" if k.default is REQUIRED else ("" if k.default is None else repr(k.default))
+        doc = ("accepted, no effect here: " if k.ignored else "") + k.doc
+        rows.append(f"| `{k.name}` | {k.type} | {default} | {doc} |")
+    return "\n".join(rows)
