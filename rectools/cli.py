@@ -3,6 +3,7 @@ user errors printed as one line with exit status 2."""
 import argparse
 import logging
 import sys
+import warnings
 
 from .errors import UserError
 
@@ -17,6 +18,7 @@ def parse_args(description, argv=None):
 
 def run(main, description, argv=None):
     """Parse the flags, call main(config_path, overrides) and turn user errors into exit status 2."""
+    warnings.filterwarnings("ignore", message="No ccache found")  # Paddle's import-time note on compiling extensions
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s", stream=sys.stdout)
     args = parse_args(description, argv)
     try:

@@ -43,7 +43,7 @@ def append_jsonl(path, record):
 
 
 def format_metrics(values):
-    return ", ".join(f"{k}: {v:.6f}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
+    return ", ".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
 
 
 class Progress:

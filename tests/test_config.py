@@ -144,3 +144,11 @@ def test_paddlerec_config_keys_are_all_accepted(tmp_path):
     ignored = {k for k, key in config.schema.items() if key.ignored}
     assert {"runner.use_auc", "runner.auc_num", "hyper_parameters.gate_num",
             "hyper_parameters.optimizer.strategy"} <= ignored
+
+
+def test_the_model_readme_documents_every_key_as_the_schema_says():
+    from tools.config_doc import reference
+    with open(os.path.join(MODEL_DIR, "readme.md")) as f:
+        readme = f.read()
+    documented = readme.split("<!-- config reference -->\n")[1].split("\n<!-- end config reference -->")[0]
+    assert documented == reference(MODEL_DIR), "regenerate with: python tools/config_doc.py models/multitask/escm2"

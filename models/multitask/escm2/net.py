@@ -57,7 +57,11 @@ class ESCM2Net(nn.Layer):
 
     def forward(self, ids):
         """(pCTR, pCVR, pCTCVR[, imputed CVR error]), each of shape [batch]."""
-        x = self.embedding(ids).sum(axis=2).reshape([-1, self.input_width])  # fields' sums, side by side
+        return self.heads(self.embedding(ids))
+
+    def heads(self, embedded):
+        """The towers on looked-up embeddings [batch, fields, max_len, dim] (padding rows zero)."""
+        x = embedded.sum(axis=2).reshape([-1, self.input_width])  # fields' sums, side by side
         inputs = self.mmoe(x) if self.mmoe is not None else [x] * len(self.towers)
         logits = [tower(h).squeeze(-1) for tower, h in zip(self.towers, inputs)]
         pctr, pcvr = F.sigmoid(logits[0]), F.sigmoid(logits[1])
