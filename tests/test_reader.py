@@ -16,7 +16,7 @@ reader_module = model_loader.model_module(model_loader.import_model_package(MODE
 
 
 def read(paths, *overrides):
-    config = model_config(["hyper_parameters.sparse_feature_number=1000000", *overrides])
+    config = model_config(["hyper_parameters.sparse_feature_number=1000000", "hyper_parameters.max_len=3", *overrides])
     chunks = list(reader_module.RecDataset(paths, config, chunk_lines=4).chunks())
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}, config
 
@@ -46,7 +46,7 @@ def test_real_lines_keep_every_token_from_the_fourth_column(shared_lines):
 
 def test_max_len_truncation_is_counted_once_per_file(shared_lines, caplog):
     caplog.set_level(logging.INFO)
-    config = model_config(["hyper_parameters.sparse_feature_number=1000000"])
+    config = model_config(["hyper_parameters.sparse_feature_number=1000000", "hyper_parameters.max_len=3"])
     dataset = reader_module.RecDataset([shared_lines], config)
     for _ in range(2):  # two epochs, one report
         list(dataset.chunks())
