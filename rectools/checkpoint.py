@@ -27,17 +27,22 @@ def save(root, epoch, write_files, **info):
             f.flush()
             os.fsync(f.fileno())
         final = os.path.join(root, str(epoch))
-        if os.path.exists(final):
-            stale = tempfile.mkdtemp(prefix=f".{epoch}.", suffix=".old", dir=root)
-            os.rename(final, os.path.join(stale, "x"))
-            os.rename(tmp, final)
-            shutil.rmtree(stale)
-        else:
-            os.rename(tmp, final)
+        replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def replace(ready, final):
+    """Move the finished folder `ready` to `final`, replacing what was there."""
+    if os.path.exists(final):
+        stale = tempfile.mkdtemp(prefix=".replaced.", dir=os.path.dirname(os.path.abspath(final)))
+        os.rename(final, os.path.join(stale, "old"))
+        os.rename(ready, final)
+        shutil.rmtree(stale)
+    else:
+        os.rename(ready, final)
 
 
 def manifest(folder, key):

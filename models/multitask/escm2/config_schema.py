@@ -39,7 +39,7 @@ KEYS = [
     Key("hyper_parameters.global_w", "float", 1.0, "lambda_g, weight of the CTCVR risk", minimum=0),
     Key("hyper_parameters.propensity_floor", "float", 0.02,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6),
-    Key("hyper_parameters.optimizer.class", "str", "adam", "optimizer", choices=("adam", "adagrad", "sgd")),
+    Key("hyper_parameters.optimizer.class", "str", "adam", "optimizer", choices=("adam", "sgd")),
     Key("hyper_parameters.optimizer.learning_rate", "float", 0.001, "learning rate", minimum=0),
     Key("hyper_parameters.optimizer.strategy", "str", None,
         "PaddleRec's parameter-server strategy; training here is single-process", ignored=True),

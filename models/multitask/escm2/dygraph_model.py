@@ -17,9 +17,7 @@ class DygraphModel:
                 paddle.to_tensor(batch["buy"], dtype="float32"))
 
     def create_loss(self, outputs, click, buy, config):
-        hp = lambda key: config["hyper_parameters." + key]  # noqa: E731
-        return losses.escm2_loss(outputs, click, buy, config["runner.counterfact_mode"],
-                                 hp("counterfactual_w"), hp("global_w"), hp("propensity_floor"))
+        return losses.objective(outputs, click, buy, config)
 
     def create_optimizer(self, dy_model, config):
         return create_optimizer(dy_model.parameters(), config)
@@ -37,7 +35,11 @@ class DygraphModel:
     infer_forward = train_forward  # the same computation; the caller decides on gradients
 
     def summarize_metrics(self, metrics):
-        return ctr_cvr_report(**metrics.arrays())
+        return summarize_metrics(metrics)
+
+
+def summarize_metrics(metrics):
+    return ctr_cvr_report(**metrics.arrays())
 
 
 def create_optimizer(parameters, config):
@@ -45,6 +47,4 @@ def create_optimizer(parameters, config):
     lr = config["hyper_parameters.optimizer.learning_rate"]
     if name == "adam":  # lazy: only the embedding rows of the batch move (sparse gradients)
         return paddle.optimizer.Adam(learning_rate=lr, parameters=parameters, lazy_mode=True)
-    if name == "adagrad":
-        return paddle.optimizer.Adagrad(learning_rate=lr, parameters=parameters)
     return paddle.optimizer.SGD(learning_rate=lr, parameters=parameters)

@@ -52,3 +52,10 @@ def escm2_loss(outputs, click, buy, mode, counterfactual_w, global_w, propensity
     if "cvr_loss" in terms:
         loss = loss + counterfactual_w * terms["cvr_loss"]
     return {"loss": loss, **terms}
+
+
+def objective(outputs, click, buy, config):
+    """escm2_loss with the weights and mode of a config."""
+    hp = lambda key: config["hyper_parameters." + key]  # noqa: E731
+    return escm2_loss(outputs, click, buy, config["runner.counterfact_mode"],
+                      hp("counterfactual_w"), hp("global_w"), hp("propensity_floor"))

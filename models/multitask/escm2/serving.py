@@ -1,0 +1,67 @@
+"""The exported inference model: one int64 input [batch, max_len] per field, named
+`field_<field id>` (e.g. field_101, field_109_14), and three outputs named pctr, pcvr, pctcvr.
+
+It is written with paddle.jit.save from the dygraph net (the same net.py), so it needs no
+training-side code to run: paddle.inference loads `model.json` + `model.pdiparams`.
+`serving.json` beside them records the fields and max_len it was exported for.
+"""
+import json
+import os
+
+import paddle
+from paddle.static import InputSpec
+
+OUTPUTS = ("pctr", "pcvr", "pctcvr")
+MODEL, PARAMS, SIGNATURE = "model.json", "model.pdiparams", "serving.json"
+
+
+def input_name(field):
+    return f"field_{field}"
+
+
+class PerFieldInputs(paddle.nn.Layer):
+    """The net behind one input per field, as a serving system sends them."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, fields):
+        return self.net(paddle.stack(fields, axis=1))[:3]
+
+
+def _rename_outputs(node, names):
+    """jit.save names its outputs fetch_name_<i>; give them their meaning."""
+    if isinstance(node, dict):
+        return {k: _rename_outputs(v, names) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rename_outputs(v, names) for v in node]
+    return names.get(node, node) if isinstance(node, str) else node
+
+
+def export(net, config, out_dir):
+    """Write the inference model of `net` into out_dir (created; its files are replaced)."""
+    fields, max_len = config["hyper_parameters.fields"], config["hyper_parameters.max_len"]
+    spec = [[InputSpec([None, max_len], "int64", name=input_name(f)) for f in fields]]
+    net.eval()
+    static = paddle.jit.to_static(PerFieldInputs(net), input_spec=spec, full_graph=True)
+    prefix = os.path.join(out_dir, os.path.splitext(MODEL)[0])
+    paddle.jit.save(static, prefix)
+    with open(os.path.join(out_dir, MODEL)) as f:
+        program = json.load(f)
+    program = _rename_outputs(program, {f"fetch_name_{i}": name for i, name in enumerate(OUTPUTS)})
+    with open(os.path.join(out_dir, MODEL), "w") as f:
+        json.dump(program, f, separators=(",", ":"))
+    with open(os.path.join(out_dir, SIGNATURE), "w") as f:
+        json.dump(signature(config), f, indent=1)
+
+
+def signature(config):
+    """What a served model and the data fed to it must agree on."""
+    return {"inputs": [input_name(f) for f in config["hyper_parameters.fields"]],
+            "max_len": config["hyper_parameters.max_len"], "outputs": list(OUTPUTS)}
+
+
+def inputs(batch, config):
+    """A reader batch as the exported model's inputs."""
+    return {input_name(f): batch["ids"][:, i, :] for i, f in enumerate(config["hyper_parameters.fields"])}

@@ -1,0 +1,15 @@
+"""Score a data folder with an exported model (paddle.inference): python tools/predict.py -m CONFIG [-o runner.inference_model_dir=DIR runner.predict_data_dir=DIR runner.predict_output=FILE]"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rectools import cli, model_loader, predict  # noqa: E402
+
+
+def main(config_path, overrides):
+    predict.predict(*model_loader.load(config_path, overrides))
+
+
+if __name__ == "__main__":
+    cli.run(main, __doc__)

@@ -1,0 +1,15 @@
+"""Train a model folder as a static graph: python -u tools/static_trainer.py -m CONFIG [-o key=value ...]"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rectools import cli, model_loader, runner  # noqa: E402
+
+
+def main(config_path, overrides):
+    runner.train(*model_loader.load(config_path, overrides), mode="static")
+
+
+if __name__ == "__main__":
+    cli.run(main, __doc__)
