@@ -33,6 +33,7 @@ def create_predictor(model_dir, serving, config):
             raise ConfigError(f"{key}: {model_dir} was exported for {field}={exported.get(field)}, "
                               f"but the config gives {field}={expected[field]}")
     settings = inference.Config(os.path.join(model_dir, serving.MODEL), os.path.join(model_dir, serving.PARAMS))
+    settings.disable_glog_info()  # one line per optimisation pass otherwise
     if config["runner.use_gpu"]:
         settings.enable_use_gpu(256, 0)
     else:
