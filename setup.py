@@ -7,5 +7,5 @@ setup(
     python_requires=">=3.9",
     packages=["rectools"],
     install_requires=["paddlepaddle==3.3.1", "pyyaml>=6", "numpy>=1.23"],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"bench": ["matplotlib>=3.6"], "test": ["pytest>=7", "matplotlib>=3.6"]},
 )

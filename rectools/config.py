@@ -18,6 +18,7 @@ REQUIRED = object()  # default of a key that has no default
 _TYPE_NAMES = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
     "path": "a path", "int_list": "a list of integers", "str_list": "a list of strings",
+    "float_list": "a list of numbers",
 }
 
 
@@ -44,6 +45,8 @@ class Key:
             "int_list": lambda v: isinstance(v, list)
             and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
             "str_list": lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) for x in v),
+            "float_list": lambda v: isinstance(v, list)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
         }[self.type]
         if not ok(value):
             raise ConfigError(f"{source}: {self.name} must be {_TYPE_NAMES[self.type]}, got {value!r}")
@@ -51,6 +54,8 @@ class Key:
             value = float(value)
         if self.type == "str_list":
             value = [str(x) for x in value]
+        if self.type == "float_list":
+            value = [float(x) for x in value]
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{source}: {self.name} must be at least {self.minimum}, got {value!r}")
         if self.choices and value not in self.choices:

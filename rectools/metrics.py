@@ -69,5 +69,7 @@ class Accumulator:
         for name, value in arrays.items():
             self.parts.setdefault(name, []).append(np.asarray(value).reshape(-1))
 
-    def arrays(self):
-        return {name: np.concatenate(parts) for name, parts in self.parts.items()}
+    def arrays(self, last_batches=None):
+        """Every array so far, or only what the last `last_batches` calls to add() brought."""
+        first = 0 if last_batches is None else -last_batches
+        return {name: np.concatenate(parts[first:]) for name, parts in self.parts.items()}

@@ -180,10 +180,12 @@ def format_metrics(values):
 
 
 class Progress:
-    """Loss averages and throughput over an epoch, logged every print_interval batches."""
+    """Loss averages and throughput over an epoch, logged every print_interval batches with the
+    AUCs of the batches since the last line (exact over that window; the epoch's are at its end)."""
 
-    def __init__(self, epoch, interval):
+    def __init__(self, epoch, interval, metrics, summarize):
         self.epoch, self.interval = epoch, interval
+        self.metrics, self.summarize = metrics, summarize
         self.start = self.mark = time.perf_counter()
         self.sums, self.samples, self.batches, self.since_mark = {}, 0, 0, 0
 
@@ -195,8 +197,10 @@ class Progress:
             self.sums[name] = self.sums.get(name, 0.0) + value * size
         if self.batches % self.interval == 0:
             now = time.perf_counter()
-            log.info("epoch: %d, batch_id: %d, %s, ips: %.1f ins/s", self.epoch, self.batches,
-                     format_metrics(self.means()), self.since_mark / (now - self.mark))
+            window = self.summarize(self.metrics, last_batches=self.interval)
+            aucs = {k: v for k, v in window.items() if k.startswith("auc")}
+            log.info("epoch: %d, batch_id: %d, %s, %s, ips: %.1f ins/s", self.epoch, self.batches,
+                     format_metrics(self.means()), format_metrics(aucs), self.since_mark / (now - self.mark))
             self.mark, self.since_mark = now, 0
 
     def means(self):
@@ -209,10 +213,12 @@ class Progress:
 
 
 def run_epoch(engine, step, dataset, batch_size, epoch, interval):
-    metrics, progress = engine.contract.create_metrics(), Progress(epoch, interval)
+    contract = engine.contract
+    metrics = contract.create_metrics()
+    progress = Progress(epoch, interval, metrics, contract.summarize_metrics)
     for batch in batches(dataset.chunks(), batch_size):
         progress.add(len(batch["click"]), step(batch, metrics))
-    return {**progress.summary(), **engine.contract.summarize_metrics(metrics)}
+    return {**progress.summary(), **contract.summarize_metrics(metrics)}
 
 
 def log_record(prefix, record):

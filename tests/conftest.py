@@ -37,3 +37,10 @@ def model_config(overrides=(), keys=None):
     """The model's config.yaml, checked, with -o style overrides."""
     from rectools import model_loader
     return model_loader.load(os.path.join(MODEL_DIR, "config.yaml"), list(overrides))[0]
+
+
+def documented_reference(path):
+    """The generated config reference between the markers of a Markdown file."""
+    with open(path) as f:
+        text = f.read()
+    return text.split("<!-- config reference -->\n")[1].split("\n<!-- end config reference -->")[0]

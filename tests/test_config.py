@@ -3,7 +3,7 @@ import os
 import pytest
 import yaml
 
-from conftest import MODEL_DIR, model_config, run_tool
+from conftest import MODEL_DIR, documented_reference, model_config, run_tool
 from rectools import model_loader
 from rectools.config import Key, load_config
 from rectools.errors import ConfigError
@@ -148,7 +148,5 @@ def test_paddlerec_config_keys_are_all_accepted(tmp_path):
 
 def test_the_model_readme_documents_every_key_as_the_schema_says():
     from tools.config_doc import reference
-    with open(os.path.join(MODEL_DIR, "readme.md")) as f:
-        readme = f.read()
-    documented = readme.split("<!-- config reference -->\n")[1].split("\n<!-- end config reference -->")[0]
+    documented = documented_reference(os.path.join(MODEL_DIR, "readme.md"))
     assert documented == reference(MODEL_DIR), "regenerate with: python tools/config_doc.py models/multitask/escm2"

@@ -47,7 +47,8 @@ def test_train_then_infer_from_another_directory(synthetic, tmp_path):
     common = ["-o", *data_overrides(synthetic), "runner.model_save_path=out", "runner.epochs=2",
               "runner.train_batch_size=256", "runner.print_interval=5"]
     train = ok(run_tool("trainer.py", "-m", CONFIG, *common, cwd=str(cwd)))
-    assert "epoch: 0, batch_id: 5, loss:" in train.stdout and " ins/s" in train.stdout
+    progress = [line for line in train.stdout.splitlines() if "epoch: 0, batch_id: 5, loss:" in line]
+    assert len(progress) == 1 and "auc_ctr: " in progress[0] and progress[0].endswith(" ins/s")
     records = read_jsonl(cwd / "out" / "train_metrics.jsonl")
     assert [r["epoch"] for r in records] == [0, 1]
     for r in records:

@@ -1,5 +1,6 @@
-"""Print the config reference of a model folder (every key: type, default, meaning) as Markdown:
-python tools/config_doc.py models/multitask/escm2"""
+"""Print a config reference (every key: type, default, meaning) as Markdown:
+python tools/config_doc.py models/multitask/escm2     the keys of a model folder's config
+python tools/config_doc.py --benchmark                 the keys of a benchmark suite"""
 import os
 import sys
 
@@ -15,5 +16,11 @@ def reference(model_dir):
     return describe(RUNNER_KEYS + schema.KEYS)
 
 
+def benchmark_reference():
+    from rectools.cvr_benchmark import SUITE_KEYS
+    return describe(SUITE_KEYS)
+
+
 if __name__ == "__main__":
-    print(reference(sys.argv[1] if len(sys.argv) > 1 else "."))
+    arg = sys.argv[1] if len(sys.argv) > 1 else "."
+    print(benchmark_reference() if arg == "--benchmark" else reference(arg))

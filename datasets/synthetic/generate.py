@@ -54,6 +54,9 @@ import time
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from rectools.metrics import auc  # noqa: E402  the project's one exact AUC
+
 FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126",
           "127", "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301"]
 ABSENT_FIELDS = ("126",)
@@ -121,22 +124,10 @@ def _bisect(f, target, what, lo=-60.0, hi=60.0, steps=100):
     return x
 
 
-def auc(score, label):
-    """Exact ROC AUC from average ranks, ties counted one half; None without both classes."""
-    score = np.asarray(score, dtype=np.float64)
-    label = np.asarray(label).astype(bool)
-    n_pos = int(label.sum())
-    n_neg = label.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(score, kind="mergesort")
-    s = score[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    ends = np.r_[starts[1:], s.size]
-    avg_rank = 0.5 * (starts + 1 + ends)       # 1-based ranks starts+1 .. ends
-    ranks = np.empty(s.size)
-    ranks[order] = np.repeat(avg_rank, ends - starts)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+def _auc(labels, scores):
+    """AUC for meta.json: None (JSON null) where a class is missing."""
+    value = auc(labels, scores)
+    return None if np.isnan(value) else value
 
 
 def _skewed_probs(rng, k, exponent):
@@ -442,10 +433,10 @@ def _split_stats(true_ctr, true_cvr, ctr_logit, cvr_logit, click, conv):
         "mean_true_cvr_clicked": mean(true_cvr[clicked]),
         "expected_cvr_given_click": float((true_ctr * true_cvr).sum() / true_ctr.sum()) if n else None,
         "logit_correlation": corr,
-        "oracle_auc_ctr": auc(true_ctr, click),
-        "oracle_auc_cvr_clicked": auc(true_cvr[clicked], buy[clicked]),
-        "oracle_auc_cvr_all": auc(true_cvr, conv),
-        "oracle_auc_ctcvr": auc(true_ctr * true_cvr, buy),
+        "oracle_auc_ctr": _auc(click, true_ctr),
+        "oracle_auc_cvr_clicked": _auc(buy[clicked], true_cvr[clicked]),
+        "oracle_auc_cvr_all": _auc(conv, true_cvr),
+        "oracle_auc_ctcvr": _auc(buy, true_ctr * true_cvr),
     }
 
 

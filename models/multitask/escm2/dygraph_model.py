@@ -34,12 +34,12 @@ class DygraphModel:
 
     infer_forward = train_forward  # the same computation; the caller decides on gradients
 
-    def summarize_metrics(self, metrics):
-        return summarize_metrics(metrics)
+    def summarize_metrics(self, metrics, last_batches=None):
+        return summarize_metrics(metrics, last_batches)
 
 
-def summarize_metrics(metrics):
-    return ctr_cvr_report(**metrics.arrays())
+def summarize_metrics(metrics, last_batches=None):
+    return ctr_cvr_report(**metrics.arrays(last_batches))
 
 
 def create_optimizer(parameters, config):

@@ -58,5 +58,5 @@ class StaticModel:
         metrics.add(pctr=fetched["pctr"], pcvr=fetched["pcvr"], click=batch["click"], buy=batch["buy"])
         return {k: float(v) for k, v in fetched.items() if k not in ("pctr", "pcvr")}
 
-    def summarize_metrics(self, metrics):
-        return summarize_metrics(metrics)
+    def summarize_metrics(self, metrics, last_batches=None):
+        return summarize_metrics(metrics, last_batches)
