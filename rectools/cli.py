@@ -3,7 +3,6 @@ user errors printed as one line with exit status 2."""
 import argparse
 import logging
 import sys
-import warnings
 
 from .errors import UserError
 
@@ -18,8 +17,8 @@ def parse_args(description, argv=None):
 
 def run(main, description, argv=None):
     """Parse the flags, call main(config_path, overrides) and turn user errors into exit status 2."""
-    warnings.filterwarnings("ignore", message="No ccache found")  # Paddle's import-time note on compiling extensions
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s", stream=sys.stdout)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s", stream=sys.stdout,
+                        force=True)  # paddle installs a root handler of its own on import
     args = parse_args(description, argv)
     try:
         main(args.config_yaml, args.opt)

@@ -35,6 +35,8 @@ SUITE_KEYS = [
     Key("suite.overrides", "str_list", [], "key=value overrides of the model config for every run"),
     Key("suite.output_dir", "path", "benchmark_output", "where data, results and the figure go"),
     Key("suite.modes", "str_list", ["ESMM", "NAIVE", "IPW", "DR"], "counterfact modes compared"),
+    *[Key(f"suite.mode_overrides.{mode}", "str_list", [], f"further key=value overrides of the {mode} runs")
+      for mode in ("ESMM", "NAIVE", "IPW", "DR")],
     Key("suite.backbones", "str_list", ["mlp"], "backbones compared"),
     Key("suite.seeds", "int_list", [1, 2, 3], "training seeds of each variant"),
     Key("suite.selection_bias", "float_list", [0.0, 0.5, 0.9],
@@ -153,8 +155,9 @@ def run(suite):
         folder = make_data(suite, bias)
         for backbone, mode, seed in itertools.product(suite["suite.backbones"], suite["suite.modes"],
                                                       suite["suite.seeds"]):
+            overrides = suite["suite.overrides"] + suite.get(f"suite.mode_overrides.{mode}", [])
             jobs.append({"bias": bias, "mode": mode, "backbone": backbone, "seed": seed, "data": folder,
-                         "model_config": suite["suite.model_config"], "overrides": suite["suite.overrides"]})
+                         "model_config": suite["suite.model_config"], "overrides": overrides})
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
     with open(os.path.join(out, "results.jsonl"), "w") as f:

@@ -10,6 +10,7 @@ import tempfile
 import time
 
 import numpy as np
+import paddle
 
 from . import checkpoint
 from .data import batches, data_files
@@ -19,10 +20,10 @@ from .model_loader import model_module
 log = logging.getLogger("rectools")
 
 PARAMS, OPT_STATE = "rec.pdparams", "rec.pdopt"
+INFERENCE_DIR = "inference"  # inside a checkpoint, with runner.use_inference
 
 
 def place(config):
-    import paddle
     if config["runner.use_gpu"]:
         if not paddle.is_compiled_with_cuda():
             raise ConfigError(f"{config.path}: runner.use_gpu is True but this Paddle build has no CUDA "
@@ -55,7 +56,6 @@ class DygraphEngine:
     mode = "dygraph"
 
     def __init__(self, config, package, train):
-        import paddle
         self.config = config
         place(config)
         paddle.seed(config["runner.seed"])
@@ -71,7 +71,6 @@ class DygraphEngine:
         return {k: float(v) for k, v in terms.items()}
 
     def eval_step(self, batch, metrics):
-        import paddle
         self.model.eval()
         with paddle.no_grad():
             terms = self.contract.infer_forward(self.model, metrics, batch, self.config)
@@ -96,7 +95,6 @@ class StaticEngine:
     mode = "static"
 
     def __init__(self, config, package, train):
-        import paddle
         paddle.enable_static()
         self.config = config
         self.contract = model_module(package, "static_model", "runner.model_dir").StaticModel(config)
@@ -152,7 +150,6 @@ ENGINES = {"dygraph": DygraphEngine, "static": StaticEngine}
 
 def load_arrays(path):
     """A saved dict as numpy arrays, whichever graph mode wrote it or reads it."""
-    import paddle
     return {k: np.array(v) for k, v in paddle.load(path).items()}
 
 
@@ -249,7 +246,6 @@ def train(config, package, mode="dygraph"):
 
 
 def write_checkpoint(engine, config, package, folder):
-    import paddle
     params = engine.parameters()
     paddle.save(params, os.path.join(folder, PARAMS))
     paddle.save(engine.optimizer_state(), os.path.join(folder, OPT_STATE))
@@ -279,13 +275,9 @@ def infer(config, package, mode="dygraph"):
         append_jsonl(os.path.join(config["runner.model_save_path"], "infer_metrics.jsonl"), record)
 
 
-INFERENCE_DIR = "inference"
-
-
 @contextlib.contextmanager
 def dygraph_mode():
     """Dygraph for the duration, whatever mode the process is in."""
-    import paddle
     static = not paddle.in_dynamic_mode()
     if static:
         paddle.disable_static()
