@@ -6,7 +6,9 @@ value is checked against the schema before any work starts. Paths in the file ar
 the file; paths given with `-o` are relative to the current directory.
 """
 import difflib
+import math
 import os
+import re
 from dataclasses import dataclass
 
 import yaml
@@ -14,6 +16,22 @@ import yaml
 from .errors import ConfigError
 
 REQUIRED = object()  # default of a key that has no default
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users mean it: YAML 1.1 would read the field id 109_14 as the integer 10914 and
+    0123 as 83; here only plain decimal digits make an integer."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+_Loader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+def parse_yaml(text):
+    return yaml.load(text, Loader=_Loader)
 
 _TYPE_NAMES = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
@@ -30,6 +48,7 @@ class Key:
     doc: str
     choices: tuple = ()
     minimum: float = None
+    maximum: float = None
     ignored: bool = False  # accepted for PaddleRec compatibility; has no effect here
 
     def check(self, value, source):
@@ -50,6 +69,8 @@ class Key:
         }[self.type]
         if not ok(value):
             raise ConfigError(f"{source}: {self.name} must be {_TYPE_NAMES[self.type]}, got {value!r}")
+        if self.type in ("float", "float_list") and not all(math.isfinite(x) for x in _items(value)):
+            raise ConfigError(f"{source}: {self.name} must be finite, got {value!r}")
         if self.type == "float":
             value = float(value)
         if self.type == "str_list":
@@ -58,10 +79,16 @@ class Key:
             value = [float(x) for x in value]
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{source}: {self.name} must be at least {self.minimum}, got {value!r}")
-        if self.choices and value not in self.choices:
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{source}: {self.name} must be at most {self.maximum}, got {value!r}")
+        if self.choices and not all(x in self.choices for x in _items(value)):
             raise ConfigError(
                 f"{source}: {self.name} must be one of {', '.join(map(str, self.choices))}, got {value!r}")
         return value
+
+
+def _items(value):
+    return value if isinstance(value, list) else [value]
 
 
 class Config(dict):
@@ -95,7 +122,7 @@ def read_yaml(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            tree = yaml.safe_load(f)
+            tree = parse_yaml(f)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if tree is None:
@@ -120,7 +147,7 @@ def parse_overrides(overrides, schema):
             if endings:
                 name = endings[0]
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         parsed[name] = value

@@ -21,10 +21,11 @@ import time
 
 import numpy as np
 
+from . import checkpoint
 from .config import REQUIRED, Key, load_config
 from .data import batches
 from .errors import ConfigError
-from .metrics import EPS, auc
+from .metrics import auc, ctr_cvr_report, logloss
 
 log = logging.getLogger("rectools")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,10 +35,11 @@ SUITE_KEYS = [
     Key("suite.model_config", "path", REQUIRED, "model config every run starts from"),
     Key("suite.overrides", "str_list", [], "key=value overrides of the model config for every run"),
     Key("suite.output_dir", "path", "benchmark_output", "where data, results and the figure go"),
-    Key("suite.modes", "str_list", ["ESMM", "NAIVE", "IPW", "DR"], "counterfact modes compared"),
+    Key("suite.modes", "str_list", ["ESMM", "NAIVE", "IPW", "DR"], "counterfact modes compared",
+        choices=("ESMM", "NAIVE", "IPW", "DR")),
     *[Key(f"suite.mode_overrides.{mode}", "str_list", [], f"further key=value overrides of the {mode} runs")
       for mode in ("ESMM", "NAIVE", "IPW", "DR")],
-    Key("suite.backbones", "str_list", ["mlp"], "backbones compared"),
+    Key("suite.backbones", "str_list", ["mlp"], "backbones compared", choices=("mlp", "mmoe")),
     Key("suite.seeds", "int_list", [1, 2, 3], "training seeds of each variant"),
     Key("suite.selection_bias", "float_list", [0.0, 0.5, 0.9],
         "generator's correlation of the CVR and CTR logits: one data set per value"),
@@ -91,16 +93,16 @@ def read_truth(path):
 
 
 def truth_metrics(pctr, pcvr, click, buy, truth):
-    """The benchmark's figures for one run's test predictions."""
-    clicked = click == 1
+    """The benchmark's figures for one run's test predictions: the usual protocol, plus the
+    entire space against the truth."""
+    usual = ctr_cvr_report(pctr, pcvr, click, buy)
     true_cvr = truth["true_cvr"]
-    p = np.clip(pcvr, EPS, 1 - EPS)
     ieb = float(pcvr.mean() - true_cvr.mean())
     return {
-        "auc_ctr": auc(click, pctr), "auc_cvr": auc(buy[clicked], pcvr[clicked]),
-        "auc_cvr_all": auc(truth["potential_conversion"], pcvr), "auc_ctcvr": auc(buy, pctr * pcvr),
+        **{k: usual[k] for k in ("auc_ctr", "auc_cvr", "auc_ctcvr")},
+        "auc_cvr_all": auc(truth["potential_conversion"], pcvr),
         "ieb": ieb, "ieb_rel": ieb / float(true_cvr.mean()),
-        "logloss_true_cvr": float(-np.mean(true_cvr * np.log(p) + (1 - true_cvr) * np.log(1 - p))),
+        "logloss_true_cvr": logloss(true_cvr, pcvr),  # soft labels: cross-entropy against the true CVR
         "mean_pcvr": float(pcvr.mean()), "mean_true_cvr": float(true_cvr.mean()),
     }
 
@@ -160,7 +162,7 @@ def run(suite):
                          "model_config": suite["suite.model_config"], "overrides": overrides})
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
-    with open(os.path.join(out, "results.jsonl"), "w") as f:
+    with checkpoint.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
         for result in _map(run_one, jobs, suite["suite.workers"]):
             results.append(result)
             f.write(json.dumps(result) + "\n")
@@ -169,7 +171,7 @@ def run(suite):
                      result["backbone"], result["mode"], result["seed"], result["ieb"], result["auc_cvr_all"],
                      len(results), len(jobs), result["seconds"])
     table = markdown(results, suite)
-    with open(os.path.join(out, "results.md"), "w") as f:
+    with checkpoint.atomic_file(os.path.join(out, "results.md")) as f:
         f.write(table)
     figure(results, os.path.join(out, "cvr_by_ctr_decile.png"))
     print(table)

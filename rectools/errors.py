@@ -13,4 +13,7 @@ class ConfigError(UserError):
 class DataError(UserError):
     def __init__(self, path, line_no, message):
         super().__init__(f"{path}:{line_no}: {message}")
-        self.path, self.line_no = path, line_no
+        self.path, self.line_no, self.message = path, line_no, message
+
+    def __reduce__(self):  # travels back from the benchmark's worker processes
+        return DataError, (self.path, self.line_no, self.message)

@@ -13,7 +13,7 @@ RUNNER_KEYS = [
     Key("runner.infer_batch_size", "int", 1024, "samples per evaluation step", minimum=1),
     Key("runner.epochs", "int", 1, "training epochs", minimum=1),
     Key("runner.print_interval", "int", 100, "log a progress line every this many batches", minimum=1),
-    Key("runner.seed", "int", 2022, "seed of parameter initialisation"),
+    Key("runner.seed", "int", 2022, "seed of parameter initialisation", minimum=0, maximum=2 ** 32 - 1),
     Key("runner.model_save_path", "path", "output_model",
         "checkpoints go to <model_save_path>/<epoch>/, metrics to <model_save_path>/*_metrics.jsonl"),
     Key("runner.model_init_path", "path", None,

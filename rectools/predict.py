@@ -4,11 +4,10 @@ batch; the output file appears whole, under its name, only when every line is wr
 import json
 import logging
 import os
-import tempfile
 
 import numpy as np
 
-from . import runner
+from . import checkpoint, runner
 from .data import batches
 from .errors import ConfigError
 from .model_loader import model_module
@@ -59,20 +58,17 @@ def predict(config, package):
     config.require(data_key, by="predict")
     dataset = runner.reader(config, package, data_key, "runner.infer_reader_path")
     output = config["runner.predict_output"] or os.path.join(config["runner.model_save_path"], "predictions.csv")
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".predictions.", dir=os.path.dirname(os.path.abspath(output)))
+    if os.path.isdir(output):
+        raise ConfigError(f"runner.predict_output: {output} is a folder; name the file to write")
     rows = 0
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(",".join(("sample_id",) + serving.OUTPUTS) + "\n")
-            for batch in batches(dataset.chunks(), config["runner.infer_batch_size"]):
-                values = run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
-                table = np.column_stack([batch["sample_id"].astype(np.float64)] + values)
-                np.savetxt(f, table, fmt=["%d"] + ["%.7g"] * len(values), delimiter=",")
-                rows += len(table)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with checkpoint.atomic_file(output) as f:
+        f.write(",".join(("sample_id",) + serving.OUTPUTS) + "\n")
+        for batch in batches(dataset.chunks(), config["runner.infer_batch_size"]):
+            values = run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
+            table = np.empty((len(values[0]), 1 + len(values)), dtype=object)  # int64 ids stay exact
+            table[:, 0] = batch["sample_id"]
+            table[:, 1:] = np.column_stack(values)
+            np.savetxt(f, table, fmt=["%d"] + ["%.7g"] * len(values), delimiter=",")
+            rows += len(table)
     log.info("wrote %d predictions of %s to %s", rows, model_dir, output)
     return output

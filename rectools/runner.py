@@ -5,8 +5,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -14,7 +12,7 @@ import paddle
 
 from . import checkpoint
 from .data import batches, data_files
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .model_loader import model_module
 
 log = logging.getLogger("rectools")
@@ -110,6 +108,9 @@ class StaticEngine:
         self.executor.run(startup)
         self.scope = paddle.static.global_scope()
         self.names = self.contract.parameter_names()
+        with dygraph_mode():  # start where dygraph starts with the same seed: one run, two graph modes
+            initial = DygraphEngine(config, package, train=False).parameters()
+        self.set_parameters(initial, "initial parameters", "runner.seed")
 
     def _run(self, batch):
         values = self.executor.run(self.program, feed=self.contract.feed(batch), fetch_list=list(self.fetches.values()))
@@ -148,22 +149,44 @@ class StaticEngine:
 ENGINES = {"dygraph": DygraphEngine, "static": StaticEngine}
 
 
-def load_arrays(path):
+def load_arrays(path, key):
     """A saved dict as numpy arrays, whichever graph mode wrote it or reads it."""
-    return {k: np.array(v) for k, v in paddle.load(path).items()}
+    try:
+        return {k: np.array(v) for k, v in paddle.load(path).items()}
+    except Exception as e:  # noqa: BLE001  paddle raises several kinds for a damaged file
+        raise ConfigError(f"{key}: cannot read {path}: {e}") from None
 
 
 def load_checkpoint(engine, folder, key, with_optimizer):
     """Parameters (and optimizer state of a checkpoint of the same mode); returns its epoch."""
     manifest = checkpoint.manifest(folder, key)
-    engine.set_parameters(load_arrays(os.path.join(folder, PARAMS)), folder, key)
+    engine.set_parameters(load_arrays(os.path.join(folder, PARAMS), key), folder, key)
     if with_optimizer and os.path.isfile(os.path.join(folder, OPT_STATE)):
         if manifest.get("mode") == engine.mode:
-            engine.set_optimizer_state(load_arrays(os.path.join(folder, OPT_STATE)))
+            engine.set_optimizer_state(load_arrays(os.path.join(folder, OPT_STATE), key))
         else:
             log.info("%s was saved in %s mode: its optimizer state does not apply in %s mode and starts afresh",
                      folder, manifest.get("mode"), engine.mode)
     return manifest["epoch"]
+
+
+def output_folder(config):
+    """runner.model_save_path, created; refused early when it is a file."""
+    folder = config["runner.model_save_path"]
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ConfigError(f"runner.model_save_path: {folder} is a file, not a folder")
+    os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def keep_records_before(path, epoch):
+    """A run that (re)trains from `epoch` replaces the records of that epoch on."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["epoch"] < epoch]
+    with checkpoint.atomic_file(path) as f:
+        f.writelines(kept)
 
 
 def append_jsonl(path, record):
@@ -215,6 +238,8 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval):
     progress = Progress(epoch, interval, metrics, contract.summarize_metrics)
     for batch in batches(dataset.chunks(), batch_size):
         progress.add(len(batch["click"]), step(batch, metrics))
+    if not progress.samples:
+        raise UserError(f"no samples in {', '.join(dataset.file_list)}")
     return {**progress.summary(), **contract.summarize_metrics(metrics)}
 
 
@@ -230,8 +255,8 @@ def train(config, package, mode="dygraph"):
     first_epoch = 0
     if config["runner.model_init_path"]:
         first_epoch = load_checkpoint(engine, config["runner.model_init_path"], "runner.model_init_path", True) + 1
-    save_root = config["runner.model_save_path"]
-    os.makedirs(save_root, exist_ok=True)
+    save_root = output_folder(config)
+    keep_records_before(os.path.join(save_root, "train_metrics.jsonl"), first_epoch)
     if first_epoch >= config["runner.epochs"]:
         log.info("checkpoint of epoch %d already reaches runner.epochs=%d: nothing to train",
                  first_epoch - 1, config["runner.epochs"])
@@ -239,6 +264,9 @@ def train(config, package, mode="dygraph"):
         record = run_epoch(engine, engine.train_step, dataset, config["runner.train_batch_size"], epoch,
                            config["runner.print_interval"])
         log_record("epoch", record)
+        if not math.isfinite(record["loss"]):
+            raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
+                            f"(a lower hyper_parameters.optimizer.learning_rate may help)")
         saved = checkpoint.save(save_root, epoch, lambda folder: write_checkpoint(engine, config, package, folder),
                                 mode=engine.mode)
         log.info("saved checkpoint %s", saved)
@@ -266,7 +294,7 @@ def infer(config, package, mode="dygraph"):
         checkpoint.manifest(os.path.join(load_root, str(epoch)), "runner.infer_load_path")
     dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
     engine = ENGINES[mode](config, package, train=False)
-    os.makedirs(config["runner.model_save_path"], exist_ok=True)
+    output_folder(config)
     for epoch in epochs:
         load_checkpoint(engine, os.path.join(load_root, str(epoch)), "runner.infer_load_path", False)
         record = run_epoch(engine, engine.eval_step, dataset, config["runner.infer_batch_size"], epoch,
@@ -310,15 +338,11 @@ def export_checkpoint(config, package):
     source = config["runner.export_checkpoint"] or last_epoch_folder(config, "runner.export_checkpoint")
     checkpoint.manifest(source, "runner.export_checkpoint")
     target = config["runner.export_dir"] or os.path.join(source, INFERENCE_DIR)
-    params = load_arrays(os.path.join(source, PARAMS))
-    parent = os.path.dirname(os.path.abspath(target))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".export.", dir=parent)
-    try:
+    serving = model_module(package, "serving", "runner.model_dir")
+    if os.path.exists(target) and not set(os.listdir(target)) <= {serving.MODEL, serving.PARAMS, serving.SIGNATURE}:
+        raise ConfigError(f"runner.export_dir: {target} exists and is not an exported model: not replacing it")
+    params = load_arrays(os.path.join(source, PARAMS), "runner.export_checkpoint")
+    with checkpoint.atomic_folder(target) as tmp:
         export(config, package, params, tmp)
-        checkpoint.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("exported %s to %s", source, target)
     return target

@@ -1,6 +1,9 @@
 """The debiasing benchmark, end to end on a tiny suite: behaviour, not figures."""
+import csv
 import json
 import os
+
+import pytest
 
 from conftest import REPO, documented_reference, run_tool
 
@@ -15,8 +18,13 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
     assert len(runs) == 2 * 2 * 2 * 2  # bias levels x backbones x modes x seeds
     for run in runs:
         assert 0 < run["auc_ctr"] < 1 and 0 < run["auc_cvr_all"] < 1
-        assert run["ieb"] == run["mean_pcvr"] - run["mean_true_cvr"]
         assert len(run["pcvr_by_ctr_decile"]) == 10
+        # the truth side is the generator's: its test split's mean true CVR, read independently here
+        truth_file = tmp_path / "data" / f"bias-{run['bias']:g}" / "synthetic" / "truth" / "test.csv"
+        with open(truth_file) as f:
+            true_cvr = [float(row["true_cvr"]) for row in csv.DictReader(f)]
+        assert run["mean_true_cvr"] == pytest.approx(sum(true_cvr) / len(true_cvr), rel=1e-9)
+        assert run["ieb"] == pytest.approx(run["mean_pcvr"] - run["mean_true_cvr"])
     table = (tmp_path / "results.md").read_text().splitlines()
     assert table[0].startswith("| selection bias | backbone | mode | CTR AUC | CVR AUC (clicked) | CVR AUC (all, true)")
     rows = [line for line in table[2:] if line.startswith("| ")]
@@ -27,10 +35,15 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
     assert result.stdout.count("| 0.9 | ") == 4  # the table is printed too
 
 
-def test_a_bad_suite_key_is_a_clear_error(tmp_path):
-    result = run_tool("benchmark.py", "-m", SMOKE, "-o", "suite.seed=[1]", cwd=str(tmp_path))
-    assert result.returncode == 2
-    assert "unknown key suite.seed; did you mean suite.seeds?" in result.stderr
+@pytest.mark.parametrize("override, message", [
+    ("suite.seed=[1]", "unknown key suite.seed; did you mean suite.seeds?"),
+    ("suite.modes=[ESMM, DRR]", "suite.modes must be one of ESMM, NAIVE, IPW, DR"),
+])
+def test_a_bad_suite_is_refused_before_any_work(tmp_path, override, message):
+    result = run_tool("benchmark.py", "-m", SMOKE, "-o", override, f"suite.output_dir={tmp_path / 'out'}",
+                      cwd=str(tmp_path))
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_suite_readme_documents_every_key():

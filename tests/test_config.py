@@ -40,6 +40,17 @@ def test_overrides_are_typed_by_yaml_and_a_bare_key_works_when_unique():
     assert config["runner.counterfact_mode"] == "IPW"
 
 
+def test_field_ids_read_as_written_not_as_yaml_1_1_numbers(tmp_path):
+    # YAML 1.1 would read 109_14 as 10914 and 0123 as 83
+    config = model_config(["hyper_parameters.fields=[101, 109_14, 0123]"])
+    assert config["hyper_parameters.fields"] == ["101", "109_14", "123"]
+    path = write_config(tmp_path, {})
+    with open(path, "w") as f:
+        f.write(f"runner:\n  model_dir: {MODEL_DIR}\nhyper_parameters:\n  sparse_feature_number: 10\n"
+                f"  fields: [101, 109_14, 150_14]\n")
+    assert model_loader.load(path)[0]["hyper_parameters.fields"] == ["101", "109_14", "150_14"]
+
+
 def test_an_int_is_accepted_for_a_float_and_becomes_float():
     config = model_config(["hyper_parameters.global_w=1"])
     assert config["hyper_parameters.global_w"] == 1.0 and isinstance(config["hyper_parameters.global_w"], float)
@@ -58,6 +69,9 @@ def test_an_int_is_accepted_for_a_float_and_becomes_float():
     ("hyper_parameters.num_field=22", "num_field is 22 but hyper_parameters.fields lists 23"),
     ("hyper_parameters.feature_size=100", "feature_size is 100 but 23 fields x sparse_feature_dim 12 = 276"),
     ("hyper_parameters.fields=[101, 101]", "distinct field ids"),
+    ("hyper_parameters.counterfactual_w=.nan", "hyper_parameters.counterfactual_w must be finite"),
+    ("hyper_parameters.propensity_floor=2", "hyper_parameters.propensity_floor must be at most 1.0"),
+    ("runner.seed=-5", "runner.seed must be at least 0"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as error:

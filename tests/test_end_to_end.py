@@ -71,6 +71,10 @@ def test_train_then_infer_from_another_directory(synthetic, tmp_path):
     assert "epoch: 0," not in resumed.stdout and "epoch: 2 done" in resumed.stdout
     assert [r["epoch"] for r in read_jsonl(cwd / "out" / "train_metrics.jsonl")] == [0, 1, 2]
 
+    again = ok(run_tool("trainer.py", "-m", CONFIG, *common, "runner.epochs=1", cwd=str(cwd)))
+    assert "epoch: 0 done" in again.stdout  # a new run from epoch 0 replaces the records it retrains
+    assert [r["epoch"] for r in read_jsonl(cwd / "out" / "train_metrics.jsonl")] == [0]
+
 
 @pytest.mark.parametrize("overrides", [["runner.counterfact_mode=ESMM"], ["runner.counterfact_mode=NAIVE"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.backbone=mmoe"],
@@ -94,13 +98,23 @@ def test_a_checkpoint_of_another_mode_is_refused_clearly(synthetic, tmp_path):
 
 
 def test_bad_data_exits_2_naming_file_and_line_and_saves_nothing(tmp_path):
-    data = write_lines(str(tmp_path / "data" / "part-0.txt"), ["1,0,0,101:1", "2,1,1,101:2", "3,0,1,101:3"])
+    good = [f"{i},{i % 2},0,101:{i % 50 + 1}" for i in range(1, 9000)]  # past the reader's first chunk:
+    data = write_lines(str(tmp_path / "data" / "part-0.txt"), good + ["9000,0,1,101:3"])  # batches train first
+    result = run_tool("trainer.py", "-m", CONFIG, "-o", f"runner.train_data_dir={tmp_path / 'data'}",
+                      f"runner.model_save_path={tmp_path / 'out'}", "runner.train_batch_size=256",
+                      "runner.print_interval=2", cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert "epoch: 0, batch_id: 10," in result.stdout
+    assert result.stderr.strip() == f"error: {data}:9000: buy=1 on an impression with click=0"
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_data_folder_without_samples_is_an_error(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "empty.txt").write_text("")
     result = run_tool("trainer.py", "-m", CONFIG, "-o", f"runner.train_data_dir={tmp_path / 'data'}",
                       f"runner.model_save_path={tmp_path / 'out'}", cwd=str(tmp_path))
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {data}:3: buy=1 on an impression with click=0"
-    assert not os.path.exists(tmp_path / "out" / "0")
-    assert not os.path.exists(tmp_path / "out" / "train_metrics.jsonl")
+    assert result.returncode == 2 and "no samples in" in result.stderr and "empty.txt" in result.stderr
 
 
 def test_missing_data_and_checkpoints_are_named(tmp_path):

@@ -119,10 +119,11 @@ def test_malformed_lines_name_file_and_line(tmp_path, line, message):
     assert message in str(error.value)
 
 
-def test_non_utf8_bytes_are_a_data_error(tmp_path):
+def test_non_utf8_bytes_are_a_data_error_on_their_line(tmp_path):
     path = tmp_path / "bin.txt"
-    path.write_bytes(b"1,0,0,101:1\n2,0,0,101:\xff\xfe\n")
-    with pytest.raises(DataError, match="not UTF-8"):
+    good = b"".join(b"%d,0,0,101:1\n" % i for i in range(1, 1500))  # more than one read buffer
+    path.write_bytes(good + b"1500,0,0,101:\xff\xfe\n" + good)
+    with pytest.raises(DataError, match=f"^{path}:1500: not UTF-8"):
         read([str(path)])
 
 

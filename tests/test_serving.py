@@ -67,4 +67,11 @@ def test_export_from_a_dygraph_checkpoint_and_a_mismatched_model_is_refused(synt
     assert result.returncode == 2 and "exported model folder not found" in result.stderr
     result = run_tool("predict.py", *common, f"runner.inference_model_dir={tmp_path / '0'}", cwd=str(tmp_path))
     assert result.returncode == 2 and "is not an exported model (no model.json)" in result.stderr
-    assert not list(tmp_path.glob(".predictions.*"))
+    result = run_tool("predict.py", *common, "runner.inference_model_dir=served", f"runner.predict_output={tmp_path}",
+                      cwd=str(tmp_path))
+    assert result.returncode == 2 and "runner.predict_output" in result.stderr and "is a folder" in result.stderr
+    assert not list(tmp_path.glob(".*.tmp"))
+    # an export never replaces a folder that holds anything but an exported model
+    result = run_tool("export.py", *common, f"runner.export_dir={tmp_path}", cwd=str(tmp_path))
+    assert result.returncode == 2 and "exists and is not an exported model" in result.stderr
+    assert (tmp_path / "0" / "rec.pdparams").is_file() and (tmp_path / "train_metrics.jsonl").is_file()

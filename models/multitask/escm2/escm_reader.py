@@ -21,7 +21,7 @@ MD5 = re.compile(r"[0-9a-fA-F]{32}")
 
 
 def _open(path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 class RecDataset:
@@ -42,20 +42,21 @@ class RecDataset:
         stats = collections.Counter()
         unknown = collections.Counter()
         truncated = collections.Counter()
-        rows, line_no = [], 0
+        rows = []
         with _open(path) as f:
-            try:
-                for line_no, line in enumerate(f, 1):
-                    row = self._parse(line, path, line_no, unknown, truncated)
-                    if row is None:
-                        stats["blank"] += 1
-                        continue
-                    rows.append(row)
-                    if len(rows) == self.chunk_lines:
-                        yield self._to_arrays(rows)
-                        rows = []
-            except UnicodeDecodeError as e:
-                raise DataError(path, line_no + 1, f"not UTF-8 text: {e}") from None
+            for line_no, raw in enumerate(f, 1):
+                try:  # decoded line by line, so that the error names the right line
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(path, line_no, f"not UTF-8 text: {e}") from None
+                row = self._parse(line, path, line_no, unknown, truncated)
+                if row is None:
+                    stats["blank"] += 1
+                    continue
+                rows.append(row)
+                if len(rows) == self.chunk_lines:
+                    yield self._to_arrays(rows)
+                    rows = []
         if rows:
             yield self._to_arrays(rows)
         self._report(path, stats, unknown, truncated)
