@@ -7,7 +7,7 @@ import importlib.util
 import os
 import sys
 
-from .config import load_config, read_yaml
+from .config import load_config, parse_overrides, read_yaml
 from .errors import ConfigError
 from .keys import RUNNER_KEYS
 
@@ -34,13 +34,12 @@ def model_module(package, module, key):
 
 def load(config_path, overrides=()):
     """(checked config, model package) for a config file and its -o overrides."""
-    raw = read_yaml(config_path)
-    model_dir = raw.get("runner.model_dir") or "."
+    model_dir = read_yaml(config_path).get("runner.model_dir") or "."
     base = os.path.dirname(os.path.abspath(config_path))
-    for item in overrides:  # the model folder decides the schema, so find it first
-        name, _, value = item.partition("=")
-        if name.strip() in ("runner.model_dir", "model_dir"):
-            model_dir, base = value.strip(), os.getcwd()
+    # the model folder decides the schema, so find it first, reading -o as load_config will
+    overridden = parse_overrides(overrides, {k.name: k for k in RUNNER_KEYS})
+    if "runner.model_dir" in overridden:
+        model_dir, base = overridden["runner.model_dir"], os.getcwd()
     package = import_model_package(os.path.join(base, os.path.expanduser(str(model_dir))))
     schema = model_module(package, "config_schema", "runner.model_dir")
     config = load_config(config_path, overrides, RUNNER_KEYS + schema.KEYS)
