@@ -38,22 +38,23 @@ def train_ips(tool, data, out, extra):
 
 def predictor_ips(backbone, threads, out, batches=30):
     import paddle
-    from rectools import model_loader, predict, runner
+    from rectools import engines, model_loader
+    from rectools import serving as rec_serving
     config, package = model_loader.load(CONFIG, ALI_CCP + [f"hyper_parameters.backbone={backbone}",
                                                            f"runner.predict_threads={threads}"])
     serving = model_loader.model_module(package, "serving", "bench")
     folder = os.path.join(out, f"served-{backbone}")
     if not os.path.isdir(folder):
         paddle.seed(0)
-        runner.export(config, package, runner.DygraphEngine(config, package, train=False).parameters(), folder)
-    predictor = predict.create_predictor(folder, serving, config)
+        rec_serving.export(config, package, engines.DygraphEngine(config, package, train=False).parameters(), folder)
+    predictor = rec_serving.create_predictor(folder, serving, config)
     rng = np.random.default_rng(0)
     feeds = [serving.inputs({"ids": rng.integers(0, 737946, (1024, 23, 3))}, config) for _ in range(batches)]
     for feed in feeds[:3]:  # warm-up
-        predict.run_batch(predictor, feed, serving.OUTPUTS)
+        rec_serving.run_batch(predictor, feed, serving.OUTPUTS)
     start = time.perf_counter()
     for feed in feeds:
-        predict.run_batch(predictor, feed, serving.OUTPUTS)
+        rec_serving.run_batch(predictor, feed, serving.OUTPUTS)
     return 1024 * batches / (time.perf_counter() - start)
 
 

@@ -4,14 +4,21 @@ place at the end. A checkpoint's manifest is written last; a folder without it, 
 file it lists, is never loaded."""
 import contextlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 
+import numpy as np
+
 from .errors import ConfigError
 
+log = logging.getLogger("rectools")
+
 MANIFEST = "checkpoint.json"
+PARAMS, OPT_STATE = "rec.pdparams", "rec.pdopt"  # parameters (dygraph names, both modes); optimizer state
+INFERENCE_DIR = "inference"  # the exported model inside a checkpoint, with runner.use_inference
 
 
 def _umask():
@@ -87,3 +94,57 @@ def manifest(folder, key):
     if missing:
         raise ConfigError(f"{key}: checkpoint {folder} lacks {', '.join(missing)}, which its manifest lists")
     return content
+
+
+def load_arrays(path, key):
+    """A dict saved with paddle.save as {name: ndarray}, whichever graph mode wrote it or reads it;
+    a damaged or unreadable file is a ConfigError naming `key`."""
+    import paddle
+    try:
+        return {k: np.array(v) for k, v in paddle.load(path).items()}
+    except Exception as e:  # noqa: BLE001  paddle raises several kinds for a damaged file
+        raise ConfigError(f"{key}: cannot read {path}: {e}") from None
+
+
+def check_fits(model_shapes, state, folder, key, hint=()):
+    """Refuse parameters `state` ({name: array}) that are not the model's ({name: shape}); `hint`
+    names the config keys that decide the model's parameters, for the message."""
+    missing = sorted(set(model_shapes) - set(state))
+    if missing:
+        also = f"; was it trained with other values of {', '.join(hint)}?" if hint else ""
+        raise ConfigError(f"{key}: checkpoint {folder} does not fit this model (no {', '.join(missing[:3])}){also}")
+    for name, shape in model_shapes.items():
+        if list(shape) != list(np.shape(state[name])):
+            raise ConfigError(f"{key}: checkpoint {folder} does not fit this model: {name} has shape "
+                              f"{list(np.shape(state[name]))}, the model {list(shape)}")
+
+
+def load_checkpoint(engine, folder, key, with_optimizer):
+    """Parameters (and the optimizer state of a checkpoint of the same graph mode) into `engine`
+    (rectools.engines); returns the checkpoint's epoch."""
+    content = manifest(folder, key)
+    engine.set_parameters(load_arrays(os.path.join(folder, PARAMS), key), folder, key)
+    if with_optimizer and os.path.isfile(os.path.join(folder, OPT_STATE)):
+        if content.get("mode") == engine.mode:
+            engine.set_optimizer_state(load_arrays(os.path.join(folder, OPT_STATE), key))
+        else:
+            log.info("%s was saved in %s mode: its optimizer state does not apply in %s mode and starts afresh",
+                     folder, content.get("mode"), engine.mode)
+    return content["epoch"]
+
+
+def write_checkpoint(engine, folder, export=None):
+    """The engine's parameters and optimizer state into `folder`; export(params, folder) adds more."""
+    import paddle
+    params = engine.parameters()
+    paddle.save(params, os.path.join(folder, PARAMS))
+    paddle.save(engine.optimizer_state(), os.path.join(folder, OPT_STATE))
+    if export is not None:
+        export(params, folder)
+
+
+def epoch_folder(root, epoch, key):
+    """<root>/<epoch>, a complete checkpoint, or a ConfigError naming `key`."""
+    folder = os.path.join(root, str(epoch))
+    manifest(folder, key)
+    return folder

@@ -99,6 +99,11 @@ class Config(dict):
         self.path = path
         self.schema = schema
 
+    def section(self, prefix):
+        """{key without "prefix.": value} of every key under `prefix`, e.g. section("hyper_parameters")."""
+        start = prefix + "."
+        return {k[len(start):]: v for k, v in self.items() if k.startswith(start)}
+
     def require(self, *names, by):
         """Fail before any work if a key the command `by` needs was left unset."""
         for name in names:
@@ -132,26 +137,52 @@ def read_yaml(path):
     return flatten(tree)
 
 
-def parse_overrides(overrides, schema):
-    """`-o key=value` pairs -> {full key: value}. A bare key is accepted when one key ends with it."""
-    parsed = {}
-    for item in overrides:
-        name, sep, text = item.partition("=")
-        name = name.strip()
-        if not sep or not name:
-            raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
-        if name not in schema:
-            endings = [k for k in schema if k.endswith("." + name)]
-            if len(endings) > 1:
-                raise ConfigError(f"-o {name}: ambiguous, say one of {', '.join(endings)}")
-            if endings:
-                name = endings[0]
-        try:
-            value = parse_yaml(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        parsed[name] = value
-    return parsed
+def full_name(name, schema):
+    """A key as written (dotted, or its last parts when only one key ends with them) -> the key's name."""
+    if name in schema:
+        return name
+    endings = [k for k in schema if k.endswith("." + name)]
+    if len(endings) > 1:
+        raise ConfigError(f"-o {name}: ambiguous, say one of {', '.join(endings)}")
+    return endings[0] if endings else name
+
+
+class Sources:
+    """A config file and its -o overrides, read once: (name as written, value, source, base folder)
+    in the order they apply. A relative path is relative to the file for values from the file, to
+    the current directory for values given with -o."""
+
+    def __init__(self, path, overrides):
+        self.path = os.path.abspath(path)
+        base = os.path.dirname(self.path)
+        self.entries = [(name, value, self.path, base) for name, value in read_yaml(self.path).items()]
+        for item in overrides:
+            name, sep, text = item.partition("=")
+            name = name.strip()
+            if not sep or not name:
+                raise ConfigError(f"-o {item!r}: expected key=value, e.g. -o runner.epochs=2")
+            try:
+                value = parse_yaml(text) if text.strip() else ""
+            except yaml.YAMLError:
+                value = text
+            self.entries.append((name, value, "-o", os.getcwd()))
+
+    def resolved(self, schema, known_only=False):
+        """{key name: (value, source, base)}, the last entry of a key winning; a key not in `schema`
+        is refused, or passed over with known_only (when only some keys are looked up)."""
+        values = {}
+        for name, value, source, base in self.entries:
+            full = full_name(name, schema) if source == "-o" else name
+            if full in schema:
+                values[full] = (value, source, base)
+            elif not known_only:
+                raise unknown_key_error(full, schema, source)
+        return values
+
+
+def resolve_path(value, base):
+    """A path from a config, absolute: `~` expanded, relative ones joined to `base`."""
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
 def unknown_key_error(name, schema, source):
@@ -164,38 +195,40 @@ def unknown_key_error(name, schema, source):
     return ConfigError(f"{source}: unknown key {name}{more}")
 
 
+def schema_of(keys):
+    """{name: Key}; a later declaration of a name replaces an earlier one (a model folder may give a
+    runner key its own default), keeping the first one's place."""
+    schema = {}
+    for key in keys:
+        schema[key.name] = key
+    return schema
+
+
 def load_config(path, overrides, keys):
-    """Read, override and check a config against `keys` (an iterable of Key)."""
-    schema = {k.name: k for k in keys}
-    path = os.path.abspath(path)
-    base = os.path.dirname(path)
-    values = {}
-    for name, value in read_yaml(path).items():
-        if name not in schema:
-            raise unknown_key_error(name, schema, path)
-        values[name] = (schema[name].check(value, path), base)
-    for name, value in parse_overrides(overrides, schema).items():
-        if name not in schema:
-            raise unknown_key_error(name, schema, "-o")
-        values[name] = (schema[name].check(value, "-o"), os.getcwd())
+    """Read, override and check a config against `keys` (an iterable of Key, or Sources already read)."""
+    sources = path if isinstance(path, Sources) else Sources(path, overrides)
+    schema = schema_of(keys)
+    given = sources.resolved(schema)
+    base = os.path.dirname(sources.path)
     checked = {}
     for name, key in schema.items():
-        if name in values:
-            value, relative_to = values[name]
+        if name in given:
+            value, source, relative_to = given[name]
+            value = key.check(value, source)
         elif key.default is REQUIRED:
-            raise ConfigError(f"{path}: {name} is required ({key.doc})")
+            raise ConfigError(f"{sources.path}: {name} is required ({key.doc})")
         else:
             value, relative_to = key.default, base
         if key.type == "path" and value is not None:
-            value = os.path.normpath(os.path.join(relative_to, os.path.expanduser(value)))
+            value = resolve_path(value, relative_to)
         checked[name] = value
-    return Config(checked, path, schema)
+    return Config(checked, sources.path, schema)
 
 
 def describe(keys):
     """The schema as a Markdown table, for the docs."""
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
-    for k in keys:
+    for k in schema_of(keys).values():
         default = "required" if k.default is REQUIRED else ("" if k.default is None else repr(k.default))
         doc = ("accepted, no effect here: " if k.ignored else "") + k.doc
         rows.append(f"| `{k.name}` | {k.type} | {default} | {doc} |")

@@ -3,11 +3,12 @@ from .config import Key
 
 RUNNER_KEYS = [
     Key("runner.model_dir", "path", None,
-        "folder of the model (net, reader, dygraph_model.py); default: the config file's folder"),
+        "folder of the model (see rectools/contract.py); default: the config file's folder"),
     Key("runner.train_data_dir", "path", None, "folder of training files (every file in it is read, sorted by name)"),
-    Key("runner.train_reader_path", "str", "escm_reader", "reader module in the model folder (defines RecDataset)"),
+    Key("runner.train_reader_path", "str", None,
+        "reader module in the model folder (defines RecDataset); a model folder may give it a default"),
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
-    Key("runner.infer_reader_path", "str", "escm_reader", "reader module used by infer"),
+    Key("runner.infer_reader_path", "str", None, "reader module used by infer, export checks and predict"),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
     Key("runner.train_batch_size", "int", 1024, "samples per training step", minimum=1),
     Key("runner.infer_batch_size", "int", 1024, "samples per evaluation step", minimum=1),

@@ -1,5 +1,5 @@
-"""Import a model folder (net.py, dygraph_model.py, reader, config_schema.py) as a package,
-wherever it lives, so its modules can import each other relatively."""
+"""Import a model folder (config_schema.py, a reader, dygraph_model.py, ...; see rectools.contract)
+as a package, wherever it lives, so its modules can import each other relatively."""
 import hashlib
 import importlib
 import importlib.machinery
@@ -7,7 +7,7 @@ import importlib.util
 import os
 import sys
 
-from .config import load_config, parse_overrides, read_yaml
+from .config import Sources, load_config, resolve_path, schema_of
 from .errors import ConfigError
 from .keys import RUNNER_KEYS
 
@@ -25,23 +25,46 @@ def import_model_package(model_dir):
     return sys.modules[name]
 
 
+def has_module(package, module):
+    return os.path.isfile(os.path.join(package.__path__[0], module + ".py"))
+
+
 def model_module(package, module, key):
     """A module of the model folder; `key` names the config key that chose it, for the error."""
-    if not os.path.isfile(os.path.join(package.__path__[0], module + ".py")):
+    if not has_module(package, module):
         raise ConfigError(f"{key}: no module {module}.py in the model folder {package.__path__[0]}")
     return importlib.import_module(f"{package.__name__}.{module}")
 
 
+def locate(sources):
+    """The model package of a config (rectools.config.Sources): runner.model_dir, by default the
+    config file's folder."""
+    given = sources.resolved(schema_of(RUNNER_KEYS), known_only=True)
+    model_dir, _, base = given.get("runner.model_dir", (".", None, os.path.dirname(sources.path)))
+    return import_model_package(resolve_path(str(model_dir), base))
+
+
 def load(config_path, overrides=()):
     """(checked config, model package) for a config file and its -o overrides."""
-    model_dir = read_yaml(config_path).get("runner.model_dir") or "."
-    base = os.path.dirname(os.path.abspath(config_path))
-    # the model folder decides the schema, so find it first, reading -o as load_config will
-    overridden = parse_overrides(overrides, {k.name: k for k in RUNNER_KEYS})
-    if "runner.model_dir" in overridden:
-        model_dir, base = overridden["runner.model_dir"], os.getcwd()
-    package = import_model_package(os.path.join(base, os.path.expanduser(str(model_dir))))
+    sources = Sources(config_path, overrides)
+    package = locate(sources)  # the model folder decides the schema, so find it first
     schema = model_module(package, "config_schema", "runner.model_dir")
-    config = load_config(config_path, overrides, RUNNER_KEYS + schema.KEYS)
+    config = load_config(sources, (), RUNNER_KEYS + schema.KEYS)
     schema.validate(config)
     return config, package
+
+
+def study_module(suite_path, overrides=(), module="bias_study", key="suite.model_config"):
+    """The `module` of the model folder whose config a suite names under `key` (tools/bias_study.py)."""
+    given = Sources(suite_path, overrides).resolved({key: None}, known_only=True)
+    if key not in given:
+        raise ConfigError(f"{os.path.abspath(suite_path)}: {key} is required (the model config the suite runs)")
+    value, _, base = given[key]
+    return model_module(locate(Sources(resolve_path(str(value), base), ())), module, key)
+
+
+def call_model_function(call):
+    """(model_dir, module, function, argument) -> module.function(argument), the module imported
+    from the model folder at model_dir: how a worker process runs a model folder's function."""
+    model_dir, module, function, argument = call
+    return getattr(model_module(import_model_package(model_dir), module, "model folder"), function)(argument)

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -6,6 +7,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
+CONFIG = os.path.join(MODEL_DIR, "config.yaml")
+GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
 SHARED_ALI_CCP = os.path.join(os.path.dirname(REPO), "shared", "data", "ali-ccp", "paddlerec-small")
 
 sys.path.insert(0, REPO)
@@ -44,3 +47,50 @@ def documented_reference(path):
     with open(path) as f:
         text = f.read()
     return text.split("<!-- config reference -->\n")[1].split("\n<!-- end config reference -->")[0]
+
+
+# PaddleRec's own escm2 config.yaml, as its users hold it
+PADDLEREC_CONFIG = {
+    "runner": {
+        "train_data_dir": "data/train", "train_reader_path": "escm_reader", "use_gpu": False, "use_auc": True,
+        "auc_num": 2, "train_batch_size": 2, "epochs": 3, "print_interval": 2,
+        "model_save_path": "output_model_esmm", "test_data_dir": "data/train", "infer_batch_size": 2,
+        "infer_reader_path": "esmm_reader", "infer_load_path": "output_model_esmm", "infer_start_epoch": 0,
+        "infer_end_epoch": 3, "counterfact_mode": "DR", "use_inference": False,
+        "save_inference_feed_varnames": [f"field_{i}" for i in range(23)],
+        "save_inference_fetch_varnames": ["softmax_0.tmp_0", "concat_1.tmp_0"],
+    },
+    "hyper_parameters": {
+        "sparse_feature_number": 737946, "sparse_feature_dim": 12, "num_field": 23,
+        "ctr_fc_sizes": [256, 64], "cvr_fc_sizes": [256, 64], "global_w": 1.0, "counterfactual_w": 0.01,
+        "feature_size": 276, "expert_num": 8, "gate_num": 3, "expert_size": 16, "tower_size": 8,
+        "optimizer": {"class": "adam", "learning_rate": 0.001, "strategy": "async"},
+    },
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A small generated data set (datasets/synthetic/generate.py): (folder, its meta.json)."""
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    subprocess.run([sys.executable, GENERATOR, "--out", str(out), "--train", "6000", "--test", "3000",
+                    "--seed", "3", "--ctr", "0.15", "--cvr", "0.15"], check=True, capture_output=True)
+    with open(out / "meta.json") as f:
+        meta = json.load(f)
+    return out, meta
+
+
+def data_overrides(synthetic):
+    out, meta = synthetic
+    return [f"runner.train_data_dir={out / 'train'}", f"runner.test_data_dir={out / 'test'}",
+            f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}"]
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

@@ -3,7 +3,7 @@ import os
 import pytest
 import yaml
 
-from conftest import MODEL_DIR, documented_reference, model_config, run_tool
+from conftest import MODEL_DIR, PADDLEREC_CONFIG, documented_reference, model_config, run_tool
 from rectools import model_loader
 from rectools.config import Key, load_config
 from rectools.errors import ConfigError
@@ -130,25 +130,6 @@ def test_use_gpu_without_cuda_is_a_clear_error(tmp_path):
 
 
 # PaddleRec's own models/multitask/escm2/config.yaml, key for key and value for value.
-PADDLEREC_CONFIG = {
-    "runner": {
-        "train_data_dir": "data/train", "train_reader_path": "escm_reader", "use_gpu": False, "use_auc": True,
-        "auc_num": 2, "train_batch_size": 2, "epochs": 3, "print_interval": 2,
-        "model_save_path": "output_model_esmm", "test_data_dir": "data/train", "infer_batch_size": 2,
-        "infer_reader_path": "esmm_reader", "infer_load_path": "output_model_esmm", "infer_start_epoch": 0,
-        "infer_end_epoch": 3, "counterfact_mode": "DR", "use_inference": False,
-        "save_inference_feed_varnames": [f"field_{i}" for i in range(23)],
-        "save_inference_fetch_varnames": ["softmax_0.tmp_0", "concat_1.tmp_0"],
-    },
-    "hyper_parameters": {
-        "sparse_feature_number": 737946, "sparse_feature_dim": 12, "num_field": 23,
-        "ctr_fc_sizes": [256, 64], "cvr_fc_sizes": [256, 64], "global_w": 1.0, "counterfactual_w": 0.01,
-        "feature_size": 276, "expert_num": 8, "gate_num": 3, "expert_size": 16, "tower_size": 8,
-        "optimizer": {"class": "adam", "learning_rate": 0.001, "strategy": "async"},
-    },
-}
-
-
 def test_paddlerec_config_keys_are_all_accepted(tmp_path):
     path = write_config(tmp_path, {**PADDLEREC_CONFIG, "runner": {**PADDLEREC_CONFIG["runner"],
                                                                   "model_dir": MODEL_DIR}})

@@ -1,44 +1,12 @@
 """The command lines as a user runs them: real subprocesses, real files, real training."""
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import yaml
 
-from conftest import MODEL_DIR, REPO, SHARED_ALI_CCP, run_tool, write_lines
-from test_config import PADDLEREC_CONFIG
-
-CONFIG = os.path.join(MODEL_DIR, "config.yaml")
-GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    out = tmp_path_factory.mktemp("synthetic") / "data"
-    subprocess.run([sys.executable, GENERATOR, "--out", str(out), "--train", "6000", "--test", "3000",
-                    "--seed", "3", "--ctr", "0.15", "--cvr", "0.15"], check=True, capture_output=True)
-    with open(out / "meta.json") as f:
-        meta = json.load(f)
-    return out, meta
-
-
-def data_overrides(synthetic):
-    out, meta = synthetic
-    return [f"runner.train_data_dir={out / 'train'}", f"runner.test_data_dir={out / 'test'}",
-            f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}"]
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def ok(result):
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+from conftest import (CONFIG, MODEL_DIR, PADDLEREC_CONFIG, SHARED_ALI_CCP, data_overrides, ok, read_jsonl,
+                      run_tool, write_lines)
 
 
 def test_train_then_infer_from_another_directory(synthetic, tmp_path):

@@ -6,9 +6,9 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import MODEL_DIR, model_config, run_tool
-from rectools import model_loader, predict, runner
-from test_end_to_end import CONFIG, data_overrides, ok, read_jsonl, synthetic  # noqa: F401  (fixture)
+from conftest import CONFIG, MODEL_DIR, data_overrides, model_config, ok, read_jsonl, run_tool
+from rectools import engines, model_loader
+from rectools import serving as rec_serving
 
 package = model_loader.import_model_package(MODEL_DIR)
 serving = model_loader.model_module(package, "serving", "test")
@@ -18,23 +18,23 @@ serving = model_loader.model_module(package, "serving", "test")
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.backbone=mmoe"]])
 def test_exported_predictor_equals_the_dygraph_net(tmp_path, overrides):
     config = model_config(["hyper_parameters.sparse_feature_number=500", "hyper_parameters.max_len=4", *overrides])
-    engine = runner.DygraphEngine(config, package, train=False)
-    runner.export(config, package, engine.parameters(), str(tmp_path))
+    engine = engines.DygraphEngine(config, package, train=False)
+    rec_serving.export(config, package, engine.parameters(), str(tmp_path))
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 500, (1024, len(config["hyper_parameters.fields"]), 4))
     ids[rng.uniform(size=ids.shape) < 0.3] = 0
     engine.model.eval()
     with paddle.no_grad():
         expected = [t.numpy() for t in engine.model(paddle.to_tensor(ids))[:3]]
-    predictor = predict.create_predictor(str(tmp_path), serving, config)
+    predictor = rec_serving.create_predictor(str(tmp_path), serving, config)
     assert predictor.get_output_names() == ["pctr", "pcvr", "pctcvr"]
     assert sorted(predictor.get_input_names()) == sorted(f"field_{f}" for f in config["hyper_parameters.fields"])
-    got = predict.run_batch(predictor, serving.inputs({"ids": ids}, config), serving.OUTPUTS)
+    got = rec_serving.run_batch(predictor, serving.inputs({"ids": ids}, config), serving.OUTPUTS)
     for name, want, have in zip(serving.OUTPUTS, expected, got):
         assert np.abs(want - have).max() <= 1e-5, name
 
 
-def test_static_training_exports_each_epoch_and_predict_scores_every_line(synthetic, tmp_path):  # noqa: F811
+def test_static_training_exports_each_epoch_and_predict_scores_every_line(synthetic, tmp_path):
     common = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.model_save_path={tmp_path}"]
     ok(run_tool("static_trainer.py", *common, "runner.use_inference=True", cwd=str(tmp_path)))
     for epoch in ("0", "1"):
@@ -54,7 +54,7 @@ def test_static_training_exports_each_epoch_and_predict_scores_every_line(synthe
     np.testing.assert_allclose(values[:, 2], values[:, 0] * values[:, 1], rtol=1e-5)
 
 
-def test_export_from_a_dygraph_checkpoint_and_a_mismatched_model_is_refused(synthetic, tmp_path):  # noqa: F811
+def test_export_from_a_dygraph_checkpoint_and_a_mismatched_model_is_refused(synthetic, tmp_path):
     common = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.model_save_path={tmp_path}", "runner.epochs=1"]
     ok(run_tool("trainer.py", *common, cwd=str(tmp_path)))
     ok(run_tool("export.py", *common, "runner.export_dir=served", cwd=str(tmp_path)))

@@ -3,10 +3,9 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import MODEL_DIR, model_config
-from rectools import model_loader, runner
+from conftest import CONFIG, MODEL_DIR, data_overrides, model_config, ok, read_jsonl, run_tool
+from rectools import engines, model_loader
 from rectools.metrics import Accumulator
-from test_end_to_end import CONFIG, data_overrides, ok, read_jsonl, run_tool, synthetic  # noqa: F401  (fixture)
 
 STEPS = 6
 
@@ -46,12 +45,12 @@ def test_static_training_follows_dygraph_step_for_step(overrides):
                            "hyper_parameters.optimizer.learning_rate=0.01", *overrides])
     package = model_loader.import_model_package(MODEL_DIR)
     data = batches(config)
-    dygraph = runner.DygraphEngine(config, package, train=True)
+    dygraph = engines.DygraphEngine(config, package, train=True)
     initial = dygraph.parameters()
     dy_losses, dy_predictions = trajectory(dygraph, data)
     dy_final = dygraph.parameters()
     try:
-        static = runner.StaticEngine(config, package, train=True)
+        static = engines.StaticEngine(config, package, train=True)
         static.set_parameters(initial, "initial", "test")
         st_losses, st_predictions = trajectory(static, data)
         st_final = static.parameters()
@@ -74,7 +73,7 @@ def test_static_update_leaves_rows_outside_the_batch_untouched():
     package = model_loader.import_model_package(MODEL_DIR)
     data = batches(config)
     try:
-        static = runner.StaticEngine(config, package, train=True)
+        static = engines.StaticEngine(config, package, train=True)
         before = static.parameters()["embedding.weight"]
         static.train_step(data[0], Accumulator())
         after = static.parameters()["embedding.weight"]
@@ -87,7 +86,7 @@ def test_static_update_leaves_rows_outside_the_batch_untouched():
 
 
 @pytest.mark.parametrize("tool", ["static_trainer.py", "trainer.py"])
-def test_a_resumed_run_continues_exactly_where_it_stopped(synthetic, tmp_path, tool):  # noqa: F811
+def test_a_resumed_run_continues_exactly_where_it_stopped(synthetic, tmp_path, tool):
     """Epoch 1 of a two-epoch run equals epoch 1 of a run resumed from epoch 0's checkpoint:
     parameters and the whole optimizer state (row moments and beta powers included) come back."""
     common = ["-m", CONFIG, "-o", *data_overrides(synthetic), "runner.epochs=2"]

@@ -1,6 +1,6 @@
 """Print a config reference (every key: type, default, meaning) as Markdown:
-python tools/config_doc.py models/multitask/escm2     the keys of a model folder's config
-python tools/config_doc.py --benchmark                 the keys of a benchmark suite"""
+python tools/config_doc.py models/multitask/escm2                the keys of a model folder's config
+python tools/config_doc.py --bias-study models/multitask/escm2   the keys of its bias-study suites"""
 import os
 import sys
 
@@ -16,11 +16,13 @@ def reference(model_dir):
     return describe(RUNNER_KEYS + schema.KEYS)
 
 
-def benchmark_reference():
-    from rectools.cvr_benchmark import SUITE_KEYS
-    return describe(SUITE_KEYS)
+def bias_study_reference(model_dir):
+    return describe(model_module(import_model_package(model_dir), "bias_study", "model folder").SUITE_KEYS)
 
 
 if __name__ == "__main__":
-    arg = sys.argv[1] if len(sys.argv) > 1 else "."
-    print(benchmark_reference() if arg == "--benchmark" else reference(arg))
+    args = sys.argv[1:]
+    if args[:1] == ["--bias-study"]:
+        print(bias_study_reference(args[1] if len(args) > 1 else "."))
+    else:
+        print(reference(args[0] if args else "."))

@@ -4,11 +4,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, model_loader, predict  # noqa: E402
+from rectools import cli, model_loader, serving  # noqa: E402
 
 
 def main(config_path, overrides):
-    predict.predict(*model_loader.load(config_path, overrides))
+    serving.predict(*model_loader.load(config_path, overrides))
 
 
 if __name__ == "__main__":

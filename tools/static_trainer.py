@@ -4,11 +4,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, model_loader, runner  # noqa: E402
+from rectools import cli, loops, model_loader  # noqa: E402
 
 
 def main(config_path, overrides):
-    runner.train(*model_loader.load(config_path, overrides), mode="static")
+    loops.train(*model_loader.load(config_path, overrides), mode="static")
 
 
 if __name__ == "__main__":

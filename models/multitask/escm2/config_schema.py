@@ -7,8 +7,16 @@ ALI_CCP_FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "
                   "127", "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301"]
 
 COUNTERFACT_MODES = ("ESMM", "NAIVE", "IPW", "DR")
+BACKBONES = ("mlp", "mmoe")
+
+# the keys whose values decide which parameters the net has (named when a checkpoint does not fit)
+PARAMETER_KEYS = ("runner.counterfact_mode", "hyper_parameters.backbone", "hyper_parameters.fields",
+                  "hyper_parameters.ctr_fc_sizes", "hyper_parameters.cvr_fc_sizes")
 
 KEYS = [
+    Key("runner.train_reader_path", "str", "escm_reader",
+        "reader module in the model folder: escm_reader (PaddleRec's Ali-CCP lines)"),
+    Key("runner.infer_reader_path", "str", "escm_reader", "reader module used by infer and predict"),
     Key("runner.counterfact_mode", "str", "DR",
         "CVR risk: ESMM (none), NAIVE (clicked impressions only), IPW or DR (ESCM2)",
         choices=COUNTERFACT_MODES),
@@ -26,7 +34,7 @@ KEYS = [
         minimum=1),
     Key("hyper_parameters.backbone", "str", "mlp",
         "mlp: one MLP tower per task on the embeddings (the paper); mmoe: towers on a shared MMoE",
-        choices=("mlp", "mmoe")),
+        choices=BACKBONES),
     Key("hyper_parameters.ctr_fc_sizes", "int_list", [256, 64], "hidden layers of the CTR tower (mlp)"),
     Key("hyper_parameters.cvr_fc_sizes", "int_list", [256, 64],
         "hidden layers of the CVR tower and of DR's imputation tower (mlp)"),

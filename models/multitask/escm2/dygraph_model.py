@@ -1,17 +1,22 @@
-"""The PaddleRec dygraph contract for ESCM2, used by tools/trainer.py and tools/infer.py."""
+"""The PaddleRec dygraph contract for ESCM2 (rectools.contract.DygraphModel), used by
+tools/trainer.py, tools/infer.py and export."""
 import paddle
 
-from rectools.metrics import Accumulator, ctr_cvr_report
+from rectools.contract import DygraphModel as DygraphContract
+from rectools.metrics import ctr_cvr_report
 
 from . import losses, net
 
+PREDICTIONS = ("pctr", "pcvr")  # per-sample predictions kept for the metrics, beside the labels
+LABELS = ("click", "buy")
 
-class DygraphModel:
+
+class DygraphModel(DygraphContract):
     def create_model(self, config):
         return net.from_config(config)
 
     def create_feeds(self, batch, config):
-        """numpy batch -> (ids tensor, click, buy as float tensors)."""
+        """numpy batch -> (ids int64 [B, fields, max_len], click float32 [B], buy float32 [B]) tensors."""
         return (paddle.to_tensor(batch["ids"]),
                 paddle.to_tensor(batch["click"], dtype="float32"),
                 paddle.to_tensor(batch["buy"], dtype="float32"))
@@ -22,29 +27,31 @@ class DygraphModel:
     def create_optimizer(self, dy_model, config):
         return create_optimizer(dy_model.parameters(), config)
 
-    def create_metrics(self):
-        return Accumulator()
-
     def train_forward(self, dy_model, metrics, batch, config):
-        """The loss terms of the batch (dict of scalar tensors); the batch's predictions go to metrics."""
         ids, click, buy = self.create_feeds(batch, config)
         outputs = dy_model(ids)
-        metrics.add(pctr=outputs[0].numpy(), pcvr=outputs[1].numpy(), click=batch["click"], buy=batch["buy"])
+        collect(metrics, batch, outputs[0].numpy(), outputs[1].numpy())
         return self.create_loss(outputs, click, buy, config)
 
     infer_forward = train_forward  # the same computation; the caller decides on gradients
 
-    def summarize_metrics(self, metrics, last_batches=None):
-        return summarize_metrics(metrics, last_batches)
+    def summarize_metrics(self, predictions):
+        return summarize_metrics(predictions)
 
 
-def summarize_metrics(metrics, last_batches=None):
-    return ctr_cvr_report(**metrics.arrays(last_batches))
+def collect(metrics, batch, pctr, pcvr):
+    """A batch's pCTR and pCVR [B] and its labels into the epoch's metrics."""
+    metrics.add(pctr=pctr, pcvr=pcvr, **{k: batch[k] for k in LABELS})
+
+
+def summarize_metrics(predictions):
+    """The ESMM/ESCM2 evaluation protocol (rectools.metrics.ctr_cvr_report) of an epoch's predictions."""
+    return ctr_cvr_report(**{k: predictions[k] for k in PREDICTIONS + LABELS})
 
 
 def create_optimizer(parameters, config):
-    name = config["hyper_parameters.optimizer.class"]
-    lr = config["hyper_parameters.optimizer.learning_rate"]
+    hp = config.section("hyper_parameters")
+    name, lr = hp["optimizer.class"], hp["optimizer.learning_rate"]
     if name == "adam":  # lazy: only the embedding rows of the batch move (sparse gradients)
         return paddle.optimizer.Adam(learning_rate=lr, parameters=parameters, lazy_mode=True)
     return paddle.optimizer.SGD(learning_rate=lr, parameters=parameters)

@@ -14,6 +14,7 @@ import re
 
 import numpy as np
 
+from rectools.contract import Reader
 from rectools.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ def _open(path):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-class RecDataset:
+class RecDataset(Reader):
     def __init__(self, file_list, config, chunk_lines=8192):
         self.file_list = list(file_list)
         self.fields = config["hyper_parameters.fields"]

@@ -56,6 +56,6 @@ def escm2_loss(outputs, click, buy, mode, counterfactual_w, global_w, propensity
 
 def objective(outputs, click, buy, config):
     """escm2_loss with the weights and mode of a config."""
-    hp = lambda key: config["hyper_parameters." + key]  # noqa: E731
+    hp = config.section("hyper_parameters")
     return escm2_loss(outputs, click, buy, config["runner.counterfact_mode"],
-                      hp("counterfactual_w"), hp("global_w"), hp("propensity_floor"))
+                      hp["counterfactual_w"], hp["global_w"], hp["propensity_floor"])

@@ -72,9 +72,9 @@ class ESCM2Net(nn.Layer):
 
 
 def from_config(config):
-    hp = lambda key: config["hyper_parameters." + key]  # noqa: E731
+    hp = config.section("hyper_parameters")
     return ESCM2Net(
-        sparse_feature_number=hp("sparse_feature_number"), sparse_feature_dim=hp("sparse_feature_dim"),
-        num_fields=len(hp("fields")), with_imputation=config["runner.counterfact_mode"] == "DR",
-        backbone=hp("backbone"), ctr_fc_sizes=hp("ctr_fc_sizes"), cvr_fc_sizes=hp("cvr_fc_sizes"),
-        expert_num=hp("expert_num"), expert_size=hp("expert_size"), tower_size=hp("tower_size"))
+        sparse_feature_number=hp["sparse_feature_number"], sparse_feature_dim=hp["sparse_feature_dim"],
+        num_fields=len(hp["fields"]), with_imputation=config["runner.counterfact_mode"] == "DR",
+        backbone=hp["backbone"], ctr_fc_sizes=hp["ctr_fc_sizes"], cvr_fc_sizes=hp["cvr_fc_sizes"],
+        expert_num=hp["expert_num"], expert_size=hp["expert_size"], tower_size=hp["tower_size"])

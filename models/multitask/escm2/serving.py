@@ -11,6 +11,8 @@ import os
 import paddle
 from paddle.static import InputSpec
 
+from rectools.serving import save_inference_model
+
 OUTPUTS = ("pctr", "pcvr", "pctcvr")
 MODEL, PARAMS, SIGNATURE = "model.json", "model.pdiparams", "serving.json"
 
@@ -30,28 +32,12 @@ class PerFieldInputs(paddle.nn.Layer):
         return self.net(paddle.stack(fields, axis=1))[:3]
 
 
-def _rename_outputs(node, names):
-    """jit.save names its outputs fetch_name_<i>; give them their meaning."""
-    if isinstance(node, dict):
-        return {k: _rename_outputs(v, names) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_rename_outputs(v, names) for v in node]
-    return names.get(node, node) if isinstance(node, str) else node
-
-
 def export(net, config, out_dir):
     """Write the inference model of `net` into out_dir (created; its files are replaced)."""
     fields, max_len = config["hyper_parameters.fields"], config["hyper_parameters.max_len"]
     spec = [[InputSpec([None, max_len], "int64", name=input_name(f)) for f in fields]]
     net.eval()
-    static = paddle.jit.to_static(PerFieldInputs(net), input_spec=spec, full_graph=True)
-    prefix = os.path.join(out_dir, os.path.splitext(MODEL)[0])
-    paddle.jit.save(static, prefix)
-    with open(os.path.join(out_dir, MODEL)) as f:
-        program = json.load(f)
-    program = _rename_outputs(program, {f"fetch_name_{i}": name for i, name in enumerate(OUTPUTS)})
-    with open(os.path.join(out_dir, MODEL), "w") as f:
-        json.dump(program, f, separators=(",", ":"))
+    save_inference_model(PerFieldInputs(net), spec, OUTPUTS, out_dir, MODEL)
     with open(os.path.join(out_dir, SIGNATURE), "w") as f:
         json.dump(signature(config), f, indent=1)
 

@@ -1,5 +1,5 @@
-"""Ground-truth benchmark of CVR debiasing on synthetic data whose true CTR and CVR are known
-for every impression, clicked or not.
+"""The bias study: ESCM2's CVR debiasing measured against the truth, on synthetic data whose true
+CTR and CVR are known for every impression, clicked or not (tools/bias_study.py).
 
 For each selection-bias level the generator writes one data set; every variant (counterfact
 mode x backbone) is trained on it with several seeds and evaluated on the held-out split
@@ -21,29 +21,32 @@ import time
 
 import numpy as np
 
-from . import checkpoint
-from .config import REQUIRED, Key, load_config
-from .data import batches
-from .errors import ConfigError
-from .metrics import auc, ctr_cvr_report, logloss
+from rectools import checkpoint, loops, model_loader
+from rectools.config import REQUIRED, Key, load_config
+from rectools.errors import ConfigError
+from rectools.metrics import auc, ctr_cvr_report, logloss
+
+from .config_schema import BACKBONES, COUNTERFACT_MODES
 
 log = logging.getLogger("rectools")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
+# the generator of the synthetic data with its truth, run as a command in a process of its own
+GENERATOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "datasets", "synthetic",
+                         "generate.py")
 
 SUITE_KEYS = [
     Key("suite.model_config", "path", REQUIRED, "model config every run starts from"),
     Key("suite.overrides", "str_list", [], "key=value overrides of the model config for every run"),
-    Key("suite.output_dir", "path", "benchmark_output", "where data, results and the figure go"),
-    Key("suite.modes", "str_list", ["ESMM", "NAIVE", "IPW", "DR"], "counterfact modes compared",
-        choices=("ESMM", "NAIVE", "IPW", "DR")),
+    Key("suite.output_dir", "path", "bias_study_output", "where data, runs, results and the figure go"),
+    Key("suite.modes", "str_list", list(COUNTERFACT_MODES), "counterfact modes compared", choices=COUNTERFACT_MODES),
     *[Key(f"suite.mode_overrides.{mode}", "str_list", [], f"further key=value overrides of the {mode} runs")
-      for mode in ("ESMM", "NAIVE", "IPW", "DR")],
-    Key("suite.backbones", "str_list", ["mlp"], "backbones compared", choices=("mlp", "mmoe")),
+      for mode in COUNTERFACT_MODES],
+    Key("suite.backbones", "str_list", ["mlp"], "backbones compared", choices=BACKBONES),
     Key("suite.seeds", "int_list", [1, 2, 3], "training seeds of each variant"),
     Key("suite.selection_bias", "float_list", [0.0, 0.5, 0.9],
         "generator's correlation of the CVR and CTR logits: one data set per value"),
     Key("suite.workers", "int", 2, "runs trained at once (one process each)", minimum=1),
+    Key("suite.graph_mode", "str", "dygraph", "graph mode of every run, as tools/trainer.py or tools/static_trainer.py",
+        choices=("dygraph", "static")),
     Key("data.train", "int", 100000, "training impressions per data set", minimum=1),
     Key("data.test", "int", 50000, "held-out impressions per data set", minimum=1),
     Key("data.seed", "int", 0, "generator seed (the same for every bias level)"),
@@ -62,7 +65,7 @@ def load_suite(path, overrides=()):
     try:
         import matplotlib  # noqa: F401  the figure is drawn after all the training: fail now, not then
     except ImportError:
-        raise ConfigError("the benchmark draws its figure with matplotlib: pip install -e '.[bench]'") from None
+        raise ConfigError("the bias study draws its figure with matplotlib: pip install -e '.[bench]'") from None
     return suite
 
 
@@ -115,8 +118,8 @@ def decile_curve(true_ctr, values):
 
 
 def run_one(job):
-    """Train one variant with one seed and evaluate it against the truth (runs in a worker)."""
-    from . import model_loader, runner
+    """Train one variant with one seed and evaluate it against the truth, through the same loops as
+    tools/trainer.py and tools/infer.py (runs in a worker process)."""
     logging.getLogger().setLevel(logging.WARNING)
     data = os.path.join(job["data"], "synthetic")
     with open(os.path.join(data, "meta.json")) as f:
@@ -124,26 +127,22 @@ def run_one(job):
     overrides = [*job["overrides"], f"runner.train_data_dir={data}/train", f"runner.test_data_dir={data}/test",
                  f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
                  f"runner.counterfact_mode={job['mode']}", f"hyper_parameters.backbone={job['backbone']}",
-                 f"runner.seed={job['seed']}"]
+                 f"runner.seed={job['seed']}", f"runner.model_save_path={job['run_dir']}",
+                 "runner.use_inference=False"]
     config, package = model_loader.load(job["model_config"], overrides)
+    config["runner.infer_start_epoch"] = config["runner.epochs"] - 1  # the trained model only
+    config["runner.infer_end_epoch"] = config["runner.epochs"]
     start = time.perf_counter()
-    engine = runner.DygraphEngine(config, package, train=True)
-    train = runner.reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
-    for epoch in range(config["runner.epochs"]):
-        runner.run_epoch(engine, engine.train_step, train, config["runner.train_batch_size"], epoch, 10 ** 9)
-    test = runner.reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
-    metrics, sample_ids = engine.contract.create_metrics(), []
-    for batch in batches(test.chunks(), config["runner.infer_batch_size"]):
-        engine.eval_step(batch, metrics)
-        sample_ids.append(batch["sample_id"])
-    arrays = metrics.arrays()
+    loops.train(config, package, job["mode_graph"])
+    ((_, predictions),) = loops.infer(config, package, job["mode_graph"])
     truth = read_truth(os.path.join(data, "truth", next(n for n in os.listdir(os.path.join(data, "truth"))
                                                         if n.startswith("test"))))
-    if not np.array_equal(np.concatenate(sample_ids), truth["sample_id"].astype(np.int64)):
+    if not np.array_equal(predictions["sample_id"], truth["sample_id"].astype(np.int64)):
         raise RuntimeError(f"test predictions and {data}/truth are not aligned")
     result = {k: job[k] for k in ("bias", "mode", "backbone", "seed")}
-    result.update(truth_metrics(arrays["pctr"], arrays["pcvr"], arrays["click"], arrays["buy"], truth))
-    result["pcvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], arrays["pcvr"])
+    result.update(truth_metrics(predictions["pctr"], predictions["pcvr"], predictions["click"], predictions["buy"],
+                                truth))
+    result["pcvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], predictions["pcvr"])
     result["true_cvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], truth["true_cvr"])
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
@@ -158,8 +157,10 @@ def run(suite):
         for backbone, mode, seed in itertools.product(suite["suite.backbones"], suite["suite.modes"],
                                                       suite["suite.seeds"]):
             overrides = suite["suite.overrides"] + suite.get(f"suite.mode_overrides.{mode}", [])
+            run_dir = os.path.join(out, "runs", f"bias-{bias:g}", f"{backbone}-{mode}-seed{seed}")
             jobs.append({"bias": bias, "mode": mode, "backbone": backbone, "seed": seed, "data": folder,
-                         "model_config": suite["suite.model_config"], "overrides": overrides})
+                         "model_config": suite["suite.model_config"], "overrides": overrides,
+                         "run_dir": run_dir, "mode_graph": suite["suite.graph_mode"]})
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
     with checkpoint.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
@@ -182,9 +183,12 @@ def _map(function, jobs, workers):
     if workers == 1:
         yield from map(function, jobs)
         return
+    # a worker imports the model folder by its path: this module's package name means nothing there
+    calls = [(os.path.dirname(os.path.abspath(__file__)), __name__.rsplit(".", 1)[1], function.__name__, job)
+             for job in jobs]
     pool = multiprocessing.get_context("spawn").Pool(workers)
     try:
-        yield from pool.imap(function, jobs)
+        yield from pool.imap(model_loader.call_model_function, calls)
         pool.close()  # let workers exit on their own: terminate() would kill them mid-shutdown
     except BaseException:
         pool.terminate()

@@ -1,17 +1,17 @@
-"""The debiasing benchmark, end to end on a tiny suite: behaviour, not figures."""
+"""The bias study, end to end on a tiny suite: behaviour, not figures."""
 import csv
 import json
 import os
 
 import pytest
 
-from conftest import REPO, documented_reference, run_tool
+from conftest import MODEL_DIR, REPO, documented_reference, run_tool
 
-SMOKE = os.path.join(REPO, "configs", "benchmark", "smoke.yaml")
+SMOKE = os.path.join(REPO, "configs", "bias_study", "smoke.yaml")
 
 
 def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
-    result = run_tool("benchmark.py", "-m", SMOKE, "-o", f"suite.output_dir={tmp_path}", cwd=str(tmp_path))
+    result = run_tool("bias_study.py", "-m", SMOKE, "-o", f"suite.output_dir={tmp_path}", cwd=str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(tmp_path / "results.jsonl") as f:
         runs = [json.loads(line) for line in f]
@@ -40,13 +40,14 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
     ("suite.modes=[ESMM, DRR]", "suite.modes must be one of ESMM, NAIVE, IPW, DR"),
 ])
 def test_a_bad_suite_is_refused_before_any_work(tmp_path, override, message):
-    result = run_tool("benchmark.py", "-m", SMOKE, "-o", override, f"suite.output_dir={tmp_path / 'out'}",
+    result = run_tool("bias_study.py", "-m", SMOKE, "-o", override, f"suite.output_dir={tmp_path / 'out'}",
                       cwd=str(tmp_path))
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_the_suite_readme_documents_every_key():
-    from tools.config_doc import benchmark_reference
-    documented = documented_reference(os.path.join(REPO, "configs", "benchmark", "README.md"))
-    assert documented == benchmark_reference(), "regenerate with: python tools/config_doc.py --benchmark"
+    from tools.config_doc import bias_study_reference
+    documented = documented_reference(os.path.join(REPO, "configs", "bias_study", "README.md"))
+    assert documented == bias_study_reference(MODEL_DIR), \
+        "regenerate with: python tools/config_doc.py --bias-study models/multitask/escm2"

@@ -1,0 +1,160 @@
+"""Engines run a model folder's steps in one graph mode and move its parameters; the loops
+(rectools.loops) own epochs, metrics and checkpoints and do not care which engine runs.
+
+Both engines offer: mode ("dygraph" | "static"), summarize_metrics(predictions), train_step(batch,
+metrics) and eval_step(batch, metrics) -> {loss term: float}, parameters() -> {checkpoint name:
+ndarray}, set_parameters(state, folder, key), optimizer_state(), set_optimizer_state(state).
+Checkpoint names are the dygraph model's state_dict names in both modes, so checkpoints load in
+either.
+"""
+import contextlib
+
+import numpy as np
+import paddle
+
+from .checkpoint import check_fits
+from .errors import ConfigError
+from .model_loader import model_module
+
+
+def place(config):
+    """Select the device of runner.use_gpu for this process; a CUDA request on a CPU build is a ConfigError."""
+    if config["runner.use_gpu"]:
+        if not paddle.is_compiled_with_cuda():
+            raise ConfigError(f"{config.path}: runner.use_gpu is True but this Paddle build has no CUDA "
+                              f"(use -o runner.use_gpu=False)")
+        paddle.set_device("gpu")
+        return paddle.CUDAPlace(0)
+    paddle.set_device("cpu")
+    return paddle.CPUPlace()
+
+
+@contextlib.contextmanager
+def dygraph_mode():
+    """Dygraph for the duration, whatever mode the process is in."""
+    static = not paddle.in_dynamic_mode()
+    if static:
+        paddle.disable_static()
+    try:
+        yield
+    finally:
+        if static:
+            paddle.enable_static()
+
+
+def parameter_hint(package):
+    """The model's keys that decide its parameters, for the message of a checkpoint that does not fit."""
+    return getattr(model_module(package, "config_schema", "runner.model_dir"), "PARAMETER_KEYS", ())
+
+
+def dygraph_network(config, package, params=None):
+    """(contract, net): the model folder's DygraphModel and its net, initialised with runner.seed,
+    or holding `params` ({checkpoint name: array}) when given. Call in dygraph mode."""
+    contract = model_module(package, "dygraph_model", "runner.model_dir").DygraphModel()
+    if params is None:
+        paddle.seed(config["runner.seed"])
+    net = contract.create_model(config)
+    if params is not None:
+        check_fits({k: v.shape for k, v in net.state_dict().items()}, params, "parameters", "export",
+                   parameter_hint(package))
+        net.set_state_dict({k: np.asarray(v) for k, v in params.items()})
+    return contract, net
+
+
+class DygraphEngine:
+    mode = "dygraph"
+
+    def __init__(self, config, package, train):
+        self.config, self.hint = config, parameter_hint(package)
+        place(config)
+        self.contract, self.model = dygraph_network(config, package)
+        self.optimizer = self.contract.create_optimizer(self.model, config) if train else None
+        self.summarize_metrics = self.contract.summarize_metrics
+
+    def train_step(self, batch, metrics):
+        terms = self.contract.train_forward(self.model, metrics, batch, self.config)
+        terms["loss"].backward()
+        self.optimizer.step()
+        self.optimizer.clear_grad()
+        return {k: float(v) for k, v in terms.items()}
+
+    def eval_step(self, batch, metrics):
+        self.model.eval()
+        with paddle.no_grad():
+            terms = self.contract.infer_forward(self.model, metrics, batch, self.config)
+        self.model.train()
+        return {k: float(v) for k, v in terms.items()}
+
+    def parameters(self):
+        return {k: v.numpy() for k, v in self.model.state_dict().items()}
+
+    def set_parameters(self, state, folder, key):
+        check_fits({k: v.shape for k, v in self.model.state_dict().items()}, state, folder, key, self.hint)
+        self.model.set_state_dict({k: np.asarray(v) for k, v in state.items()})
+
+    def optimizer_state(self):
+        return self.optimizer.state_dict()
+
+    def set_optimizer_state(self, state):
+        self.optimizer.set_state_dict(state)
+
+
+class StaticEngine:
+    mode = "static"
+
+    def __init__(self, config, package, train):
+        self.config, self.hint = config, parameter_hint(package)
+        with dygraph_mode():  # start where dygraph starts with the same seed: one run, two graph modes
+            initial = dygraph_network(config, package)[1].state_dict()
+            initial = {k: v.numpy() for k, v in initial.items()}
+        paddle.enable_static()
+        self.contract = model_module(package, "static_model", "runner.model_dir").StaticModel(config)
+        self.summarize_metrics = self.contract.summarize_metrics
+        self.program, startup = paddle.static.Program(), paddle.static.Program()
+        self.program.random_seed = startup.random_seed = config["runner.seed"]
+        with paddle.utils.unique_name.guard(), paddle.static.program_guard(self.program, startup):
+            feeds = self.contract.create_feeds()
+            self.graph = self.contract.net(feeds) if train else self.contract.infer_net(feeds)
+            if train:
+                self.contract.create_optimizer(self.graph)
+        self.fetch_names = list(self.graph.fetches)
+        self.names = {key: p.name for key, p in self.graph.parameters.items()}
+        self.place = place(config)
+        self.executor = paddle.static.Executor(self.place)
+        self.executor.run(startup)
+        self.scope = paddle.static.global_scope()
+        self.set_parameters(initial, "initial parameters", "runner.seed")
+
+    def train_step(self, batch, metrics):
+        values = self.executor.run(self.program, feed=self.contract.feed(batch),
+                                   fetch_list=[self.graph.fetches[n] for n in self.fetch_names])
+        return self.contract.collect(metrics, batch, dict(zip(self.fetch_names, values)))
+
+    eval_step = train_step  # an inference program has no update ops
+
+    def _get(self, name):
+        return np.array(self.scope.find_var(name).get_tensor())
+
+    def _set(self, name, value):
+        self.scope.find_var(name).get_tensor().set(np.asarray(value), self.place)
+
+    def parameters(self):
+        return {key: self._get(name) for key, name in self.names.items()}
+
+    def set_parameters(self, state, folder, key):
+        check_fits({k: self._get(n).shape for k, n in self.names.items()}, state, folder, key, self.hint)
+        for key_, name in self.names.items():
+            self._set(name, state[key_])
+
+    def optimizer_state(self):
+        """Every persistable value of the program that is not a parameter: moments, beta powers, rates."""
+        params = set(self.names.values())
+        return {name: self._get(name) for name in self.program.state_dict() if name not in params}
+
+    def set_optimizer_state(self, state):
+        for name, value in state.items():
+            if self.scope.find_var(name) is not None:
+                self._set(name, value)
+
+
+ENGINES = {"dygraph": DygraphEngine, "static": StaticEngine}

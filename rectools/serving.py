@@ -1,0 +1,135 @@
+"""Serving a model folder: its inference model exported from a checkpoint (the folder's serving.py
+says how), and batch prediction with the exported model through paddle.inference, which streams a
+data folder into one CSV line per impression (sample_id, then the model's outputs). Memory stays at
+one batch; every output appears whole, under its name, only when complete."""
+import json
+import logging
+import os
+
+import numpy as np
+import paddle
+
+from . import checkpoint
+from .data import epoch_batches, reader
+from .engines import dygraph_mode, dygraph_network
+from .errors import ConfigError
+from .model_loader import model_module
+
+log = logging.getLogger("rectools")
+
+
+def serving_module(package):
+    return model_module(package, "serving", "runner.model_dir")
+
+
+def export(config, package, params, out_dir):
+    """The model folder's inference model of its dygraph net with `params` ({checkpoint name:
+    array}), written into out_dir by its serving.export."""
+    with dygraph_mode():
+        net = dygraph_network(config, package, params)[1]
+        serving_module(package).export(net, config, out_dir)
+
+
+def _rename_outputs(node, names):
+    if isinstance(node, dict):
+        return {k: _rename_outputs(v, names) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rename_outputs(v, names) for v in node]
+    return names.get(node, node) if isinstance(node, str) else node
+
+
+def save_inference_model(layer, input_spec, output_names, out_dir, model_file="model.json"):
+    """paddle.jit.save of `layer` traced with `input_spec` into out_dir as <model_file> (the program,
+    new IR JSON) and model.pdiparams, its outputs renamed from jit's fetch_name_<i> to `output_names`
+    (in the order the layer returns them), so that a predictor fetches them by their meaning."""
+    static = paddle.jit.to_static(layer, input_spec=input_spec, full_graph=True)
+    paddle.jit.save(static, os.path.join(out_dir, os.path.splitext(model_file)[0]))
+    path = os.path.join(out_dir, model_file)
+    with open(path) as f:
+        program = json.load(f)
+    program = _rename_outputs(program, {f"fetch_name_{i}": name for i, name in enumerate(output_names)})
+    with open(path, "w") as f:
+        json.dump(program, f, separators=(",", ":"))
+
+
+def last_epoch_folder(config, key):
+    """<model_save_path>/<epochs - 1>, the default of keys that name a trained checkpoint."""
+    return checkpoint.epoch_folder(config["runner.model_save_path"], config["runner.epochs"] - 1, key)
+
+
+def export_checkpoint(config, package):
+    """tools/export.py: a checkpoint's inference model, written whole or not at all."""
+    source = config["runner.export_checkpoint"] or last_epoch_folder(config, "runner.export_checkpoint")
+    checkpoint.manifest(source, "runner.export_checkpoint")
+    target = config["runner.export_dir"] or os.path.join(source, checkpoint.INFERENCE_DIR)
+    serving = serving_module(package)
+    if os.path.exists(target) and not set(os.listdir(target)) <= {serving.MODEL, serving.PARAMS, serving.SIGNATURE}:
+        raise ConfigError(f"runner.export_dir: {target} exists and is not an exported model: not replacing it")
+    params = checkpoint.load_arrays(os.path.join(source, checkpoint.PARAMS), "runner.export_checkpoint")
+    with checkpoint.atomic_folder(target) as tmp:
+        export(config, package, params, tmp)
+    log.info("exported %s to %s", source, target)
+    return target
+
+
+def create_predictor(model_dir, serving, config):
+    """A paddle.inference predictor of the model exported in `model_dir`, after checking that it was
+    exported for what `config` reads (the folder's serving.signature)."""
+    import paddle.inference as inference
+    key = "runner.inference_model_dir"
+    if not os.path.isdir(model_dir):
+        raise ConfigError(f"{key}: exported model folder not found: {model_dir}")
+    for name in (serving.MODEL, serving.PARAMS, serving.SIGNATURE):
+        if not os.path.isfile(os.path.join(model_dir, name)):
+            raise ConfigError(f"{key}: {model_dir} is not an exported model (no {name}); "
+                              f"export one with tools/export.py or runner.use_inference=True")
+    with open(os.path.join(model_dir, serving.SIGNATURE)) as f:
+        exported = json.load(f)
+    expected = serving.signature(config)
+    for field in expected:
+        if exported.get(field) != expected[field]:
+            raise ConfigError(f"{key}: {model_dir} was exported for {field}={exported.get(field)}, "
+                              f"but the config gives {field}={expected[field]}")
+    settings = inference.Config(os.path.join(model_dir, serving.MODEL), os.path.join(model_dir, serving.PARAMS))
+    settings.disable_glog_info()  # one line per optimisation pass otherwise
+    if config["runner.use_gpu"]:
+        settings.enable_use_gpu(256, 0)
+    else:
+        settings.disable_gpu()
+        settings.set_cpu_math_library_num_threads(config["runner.predict_threads"])
+    return inference.create_predictor(settings)
+
+
+def run_batch(predictor, feeds, outputs):
+    """One batch through the predictor: {input name: array} -> [output arrays], flattened."""
+    for name, value in feeds.items():
+        predictor.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(value))
+    predictor.run()
+    return [predictor.get_output_handle(name).copy_to_cpu().reshape(-1) for name in outputs]
+
+
+def predict(config, package):
+    """tools/predict.py: runner.predict_data_dir (default test_data_dir) scored by the exported model
+    into runner.predict_output (CSV: sample_id, then the folder's serving.OUTPUTS)."""
+    serving = serving_module(package)
+    model_dir = config["runner.inference_model_dir"] or os.path.join(
+        last_epoch_folder(config, "runner.inference_model_dir"), checkpoint.INFERENCE_DIR)
+    predictor = create_predictor(model_dir, serving, config)
+    data_key = "runner.predict_data_dir" if config["runner.predict_data_dir"] else "runner.test_data_dir"
+    config.require(data_key, by="predict")
+    dataset = reader(config, package, data_key, "runner.infer_reader_path")
+    output = config["runner.predict_output"] or os.path.join(config["runner.model_save_path"], "predictions.csv")
+    if os.path.isdir(output):
+        raise ConfigError(f"runner.predict_output: {output} is a folder; name the file to write")
+    count = 0
+    with checkpoint.atomic_file(output) as f:
+        f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
+        for batch in epoch_batches(dataset, config["runner.infer_batch_size"]):
+            values = run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
+            table = np.empty((len(values[0]), 1 + len(values)), dtype=object)  # int64 ids stay exact
+            table[:, 0] = batch["sample_id"]
+            table[:, 1:] = np.column_stack(values)
+            np.savetxt(f, table, fmt=["%d"] + ["%.7g"] * len(values), delimiter=",")
+            count += len(table)
+    log.info("wrote %d predictions of %s to %s", count, model_dir, output)
+    return output
