@@ -11,7 +11,8 @@ STEPS = 6
 
 
 def batches(config, seed=0, size=64):
-    """Skewed ids with padding and repeats, so batches share rows and rows repeat within one."""
+    """Skewed ids with padding and repeats, so batches share rows and rows repeat within one;
+    the third batch has no clicks (the guards of NAIVE's and SNIPS's divisions)."""
     rng = np.random.default_rng(seed)
     shape = (size, len(config["hyper_parameters.fields"]), config["hyper_parameters.max_len"])
     out = []
@@ -19,7 +20,7 @@ def batches(config, seed=0, size=64):
         ids = (config["hyper_parameters.sparse_feature_number"] * rng.uniform(size=shape) ** 3).astype(np.int64)
         ids[rng.uniform(size=shape) < 0.2] = 0
         ids[:, :, 1] = np.where(rng.uniform(size=shape[:2]) < 0.3, ids[:, :, 0], ids[:, :, 1])
-        click = (rng.uniform(size=size) < 0.3).astype(np.int64)
+        click = (rng.uniform(size=size) < (0.3 if len(out) != 2 else 0.0)).astype(np.int64)
         buy = click * (rng.uniform(size=size) < 0.4)
         out.append({"ids": ids, "click": click, "buy": buy.astype(np.int64)})
     return out
@@ -37,6 +38,13 @@ def trajectory(engine, data):
 @pytest.mark.parametrize("overrides", [["runner.counterfact_mode=ESMM"], ["runner.counterfact_mode=NAIVE"],
                                        ["runner.counterfact_mode=IPW"], ["runner.counterfact_mode=DR"],
                                        ["runner.counterfact_mode=DR", "hyper_parameters.backbone=mmoe"],
+                                       ["runner.counterfact_mode=DR", "hyper_parameters.dr_imputation=label"],
+                                       ["runner.counterfact_mode=DR", "hyper_parameters.dr_imputation=label",
+                                        "hyper_parameters.imputation_weight=mrdr",
+                                        "hyper_parameters.ipw_normalization=self"],
+                                       ["runner.counterfact_mode=DR", "hyper_parameters.ipw_normalization=self",
+                                        "hyper_parameters.imputation_weight=mrdr", "hyper_parameters.backbone=mmoe"],
+                                       ["runner.counterfact_mode=IPW", "hyper_parameters.ipw_normalization=self"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.optimizer.class=sgd",
                                         "hyper_parameters.optimizer.learning_rate=0.05"]])
 def test_static_training_follows_dygraph_step_for_step(overrides):
