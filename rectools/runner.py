@@ -170,12 +170,15 @@ def load_checkpoint(engine, folder, key, with_optimizer):
     return manifest["epoch"]
 
 
-def output_folder(config):
-    """runner.model_save_path, created; refused early when it is a file."""
+def output_folder(config, claim=False):
+    """runner.model_save_path, created; refused early when it is a file. With `claim` (a trainer)
+    this process becomes its only writer and what a killed run left there is recovered."""
     folder = config["runner.model_save_path"]
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ConfigError(f"runner.model_save_path: {folder} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
+    if claim:
+        checkpoint.claim(folder)
     return folder
 
 
@@ -255,7 +258,7 @@ def train(config, package, mode="dygraph"):
     first_epoch = 0
     if config["runner.model_init_path"]:
         first_epoch = load_checkpoint(engine, config["runner.model_init_path"], "runner.model_init_path", True) + 1
-    save_root = output_folder(config)
+    save_root = output_folder(config, claim=True)
     keep_records_before(os.path.join(save_root, "train_metrics.jsonl"), first_epoch)
     if first_epoch >= config["runner.epochs"]:
         log.info("checkpoint of epoch %d already reaches runner.epochs=%d: nothing to train",
