@@ -1,13 +1,26 @@
-"""Per-epoch checkpoints under <root>/<epoch>/, and outputs that appear whole or not at all:
-files are written into a hidden temporary folder (or file) beside the target and renamed into
-place at the end. A checkpoint's manifest is written last; a folder without it, or missing a
-file it lists, is never loaded."""
+"""Per-epoch checkpoints under <root>/<epoch>/, outputs that appear whole or not at all, and one
+trainer per output folder.
+
+Outputs are written into a hidden temporary beside the target and renamed into place at the end.
+Temporaries are named `.<target>.<host>-<pid>-<run>.<kind>` (host: a hash of the host name, run:
+random hex): kind `new` is content being written, kind `old` the previous content of a folder moved
+aside while it is replaced. The names let `recover` tell, after a run was killed, what each one was.
+
+A checkpoint's manifest (checkpoint.json) is written last and records the size and sha256 of every
+file; a folder without it, missing a file it lists, or holding a file that differs from it is never
+loaded. `claim` makes a process the only trainer of a folder (a `.lock` file it holds with flock).
+"""
+import atexit
 import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
 import time
 
 import numpy as np
@@ -19,57 +32,91 @@ log = logging.getLogger("rectools")
 MANIFEST = "checkpoint.json"
 PARAMS, OPT_STATE = "rec.pdparams", "rec.pdopt"  # parameters (dygraph names, both modes); optimizer state
 INFERENCE_DIR = "inference"  # the exported model inside a checkpoint, with runner.use_inference
+LOCK = ".lock"
+HOST = socket.gethostname()
+_HOST_TAG = hashlib.sha1(HOST.encode()).hexdigest()[:8]  # pids are only comparable on one host
+_TEMP = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<run>[0-9a-f]{8})\.(?P<kind>new|old)")
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _temp_names(final):
+    """(new, old): this process's temporaries for `final`, beside it."""
+    parent, base = os.path.split(os.path.abspath(final))
+    stem = os.path.join(parent, f".{base}.{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}")
+    return stem + ".new", stem + ".old"
 
 
 @contextlib.contextmanager
 def atomic_folder(final):
-    """Yields a temporary folder; on success it replaces `final`, on failure it disappears."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=parent)
+    """Yields a temporary folder; on success it replaces `final`, on failure it disappears.
+
+    Replacing takes two renames (final -> .old, .new -> final); `recover` finishes the replace of
+    a run killed between them, since a .old exists only once the .new is complete."""
+    new, old = _temp_names(final)
+    os.makedirs(os.path.dirname(new), exist_ok=True)
+    os.mkdir(new)  # mode 0777 & ~umask, as readable as any folder its user makes
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would hide the result from other users
-        yield tmp
+        yield new
         if os.path.exists(final):
-            stale = tempfile.mkdtemp(prefix=".replaced.", dir=parent)
-            os.rename(final, os.path.join(stale, "old"))
-            os.rename(tmp, final)
-            shutil.rmtree(stale)
+            os.rename(final, old)
+            try:
+                os.rename(new, final)
+            except BaseException:
+                os.rename(old, final)
+                raise
+            shutil.rmtree(old)
         else:
-            os.rename(tmp, final)
+            os.rename(new, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(new, ignore_errors=True)
         raise
 
 
 @contextlib.contextmanager
 def atomic_file(final):
     """Yields an open text file; on success it becomes `final`, on failure it disappears."""
-    parent = os.path.dirname(os.path.abspath(final))
-    os.makedirs(parent, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=parent)
+    new, _ = _temp_names(final)
+    os.makedirs(os.path.dirname(new), exist_ok=True)
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like open()
     try:
         with os.fdopen(fd, "w") as f:
             yield f
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, final)
+        os.replace(new, final)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(new)
         raise
 
 
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksums(folder):
+    """{path relative to folder, '/'-separated: {"bytes": size, "sha256": hex digest}} of every file under it."""
+    sums = {}
+    for parent, folders, files in os.walk(folder):
+        folders.sort()
+        for name in sorted(files):
+            path = os.path.join(parent, name)
+            relative = os.path.relpath(path, folder).replace(os.sep, "/")
+            sums[relative] = {"bytes": os.path.getsize(path), "sha256": _sha256(path)}
+    return sums
+
+
 def save(root, epoch, write_files, **info):
-    """`write_files(folder)` writes the checkpoint's files into `folder`."""
+    """`write_files(folder)` writes the checkpoint's files into `folder`; returns <root>/<epoch>.
+
+    The manifest lists the top-level entries (`files`) and the size and sha256 of every file under
+    the folder (`checksums`), plus `epoch`, `saved_at` (Unix seconds) and `info`."""
     final = os.path.join(root, str(epoch))
     with atomic_folder(final) as tmp:
         write_files(tmp)
-        manifest = {"epoch": epoch, "files": sorted(os.listdir(tmp)), "saved_at": time.time(), **info}
+        manifest = {"epoch": epoch, "files": sorted(os.listdir(tmp)), "checksums": _checksums(tmp),
+                    "saved_at": time.time(), **info}
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=1)
             f.flush()
@@ -78,7 +125,10 @@ def save(root, epoch, write_files, **info):
 
 
 def manifest(folder, key):
-    """The manifest of a complete checkpoint folder, or a ConfigError naming `key`."""
+    """The manifest of a complete, intact checkpoint folder, or a ConfigError naming `key`.
+
+    Every file the manifest lists must exist, and every file it has a checksum of must have the
+    recorded size and sha256 (manifests written before checksums were recorded have none)."""
     path = os.path.join(folder, MANIFEST)
     if not os.path.isdir(folder):
         raise ConfigError(f"{key}: checkpoint folder not found: {folder}")
@@ -89,10 +139,19 @@ def manifest(folder, key):
             content = json.load(f)
         missing = [name for name in content["files"] if not os.path.exists(os.path.join(folder, name))]
         content["epoch"] = int(content["epoch"])
-    except (ValueError, KeyError, TypeError) as e:
+        sums = [(name, int(s["bytes"]), str(s["sha256"])) for name, s in content.get("checksums", {}).items()]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{key}: {path} is not a readable manifest ({e})") from None
+    missing += [name for name, _, _ in sums if name not in missing and not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise ConfigError(f"{key}: checkpoint {folder} lacks {', '.join(missing)}, which its manifest lists")
+    for name, size, sha256 in sums:
+        file = os.path.join(folder, name)
+        if os.path.getsize(file) != size:
+            raise ConfigError(f"{key}: {file} is damaged: {os.path.getsize(file)} bytes where the manifest "
+                              f"records {size}")
+        if _sha256(file) != sha256:
+            raise ConfigError(f"{key}: {file} is damaged: its sha256 differs from the one the manifest records")
     return content
 
 
@@ -148,3 +207,153 @@ def epoch_folder(root, epoch, key):
     folder = os.path.join(root, str(epoch))
     manifest(folder, key)
     return folder
+# -- one trainer per folder, and what a killed one left ----------------------------------------
+
+_claimed = {}  # real path of a folder -> (lock fd, lock path, pid that claimed it)
+
+
+def claim(root):
+    """Make this process the only trainer writing into `root` until it exits (or `release(root)`),
+    then `recover(root)`. Claiming a folder this process holds already does nothing.
+
+    The lock is `<root>/.lock`, held with flock, so a killed process's lock is free at once: its
+    file (pid, host, start) is taken over with a log line. Raises ConfigError
+    (runner.model_save_path) naming the pid and host of a live holder."""
+    real = os.path.realpath(root)
+    if real in _claimed and _claimed[real][2] == os.getpid():
+        return
+    path = os.path.join(real, LOCK)
+    fd, previous = _lock(path, root)
+    _claimed[real] = (fd, path, os.getpid())
+    if previous is not None:
+        log.info("took over the lock of %s left by %s, which is no longer running", root, _holder_text(previous))
+    recover(real)
+
+
+def release(root):
+    """Give up a folder this process claimed (at exit this happens by itself)."""
+    fd, path, pid = _claimed.pop(os.path.realpath(root), (None, None, None))
+    if fd is None or pid != os.getpid():  # a forked child does not own its parent's lock
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # while still holding it: a process waiting on this file then retries
+    os.close(fd)
+
+
+@atexit.register
+def _release_all():
+    for real in list(_claimed):
+        release(real)
+
+
+def _lock(path, root):
+    """(fd holding the flock of `path`, the previous holder's record or None)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ConfigError(f"runner.model_save_path: cannot create the lock file {path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd, wait=1.0)
+            os.close(fd)
+            raise ConfigError(f"runner.model_save_path: {root} is in use by another trainer "
+                              f"({_holder_text(holder)}); wait for it to end or choose another "
+                              f"model_save_path") from None
+        try:
+            current = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # its holder removed the file between our open and flock: lock the new one
+    previous = _read_holder(fd)
+    record = {"pid": os.getpid(), "host": HOST, "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(record).encode(), 0)
+    os.fsync(fd)
+    return fd, previous
+
+
+def _read_holder(fd, wait=0.0):
+    """The record in a lock file, {} if unreadable, None if empty: a holder writes it just after
+    taking the lock, so an empty file is read again for up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    text = os.pread(fd, 4096, 0)
+    while not text and time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = os.pread(fd, 4096, 0)
+    if not text:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _holder_text(holder):
+    if holder is None:
+        return "a process that has not written its pid yet"
+    if not holder:
+        return "pid unknown: the lock file is not readable"
+    return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('since')}"
+
+
+def _alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _size(path):
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(parent, name)) for parent, _, files in os.walk(path) for name in files)
+
+
+def recover(root):
+    """Finish or clear what runs killed on this host left in `root`; returns what was done.
+
+    For the temporaries of a process that is no longer running (see the module's naming): a `.old`
+    whose target is missing means the run died between the two renames of a replace, so its
+    `.new` (complete by then) becomes the target, or the `.old` goes back when there is no `.new`;
+    every other such temporary is removed. Temporaries of live processes and of other hosts are
+    left alone. Logs one line when it did anything."""
+    runs = {}
+    for name in os.listdir(root):
+        match = _TEMP.fullmatch(name)
+        if match and match["host"] == _HOST_TAG and not _alive(int(match["pid"])):
+            key = (match["target"], match["pid"], match["run"])
+            runs.setdefault(key, {})[match["kind"]] = os.path.join(root, name)
+    done = {"finished": [], "restored": [], "removed": 0, "bytes_removed": 0}
+    for (target, _, _), parts in sorted(runs.items()):
+        final = os.path.join(root, target)
+        if "old" in parts and not os.path.lexists(final):
+            if "new" in parts:
+                os.rename(parts.pop("new"), final)
+                done["finished"].append(target)
+            else:
+                os.rename(parts.pop("old"), final)
+                done["restored"].append(target)
+        for path in parts.values():
+            done["bytes_removed"] += _size(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            done["removed"] += 1
+    if done["finished"] or done["restored"] or done["removed"]:
+        what = ([f"finished replacing {', '.join(done['finished'])}"] if done["finished"] else []) + \
+               ([f"restored {', '.join(done['restored'])}"] if done["restored"] else []) + \
+               ([f"removed {done['removed']} temporaries ({done['bytes_removed'] / 1e6:.1f} MB)"]
+                if done["removed"] else [])
+        log.info("recovered %s after a killed run: %s", root, "; ".join(what))
+    return done

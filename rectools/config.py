@@ -5,6 +5,7 @@ A YAML file with sections (`runner:`, `hyper_parameters:`) is flattened to dotte
 value is checked against the schema before any work starts. Paths in the file are relative to
 the file; paths given with `-o` are relative to the current directory.
 """
+import decimal
 import difflib
 import math
 import os
@@ -33,6 +34,50 @@ _Loader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(loader
 def parse_yaml(text):
     return yaml.load(text, Loader=_Loader)
 
+
+# YAML 1.1 floats need a dot and a signed exponent, so 1e-3 and 1e3 arrive as strings; a key that
+# expects a number reads them as one (a str key keeps them as written).
+_SCIENTIFIC = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
+_EXACT_FLOAT_INTS = 2 ** 53  # every whole float up to this is exactly the integer it looks like
+
+
+def _number(value, whole):
+    """`value` as the number a numeric key expects, or None when it is not one.
+
+    int, float and scientific notation ('1e-3', '2.5E+4') are numbers; with `whole` (an integer
+    key) only whole ones are, and they come back as int ('1e3' -> 1000, 2.0 -> 2, '1e-3' -> None)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
+        exact = decimal.Decimal(value)
+        if not whole:
+            return float(exact)  # beyond float's range: inf, refused as not finite
+        return int(exact) if exact.adjusted() < 30 and exact == exact.to_integral_value() else None
+    if whole:
+        if isinstance(value, float):
+            return int(value) if value.is_integer() and abs(value) <= _EXACT_FLOAT_INTS else None
+        return value if isinstance(value, int) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _text(value, allow_numbers):
+    if isinstance(value, str) or (allow_numbers and isinstance(value, int) and not isinstance(value, bool)):
+        return str(value)
+    return None
+
+
+# type -> converter of one value (None: not of this type); list types convert each item
+_CONVERT = {
+    "int": lambda v: _number(v, whole=True),
+    "float": lambda v: _number(v, whole=False),
+    "bool": lambda v: v if isinstance(v, bool) else None,
+    "str": lambda v: _text(v, allow_numbers=False),
+    "path": lambda v: v if isinstance(v, str) and v != "" else None,
+    "int_list": lambda v: _number(v, whole=True),
+    "str_list": lambda v: _text(v, allow_numbers=True),  # field ids such as 101 are written unquoted
+    "float_list": lambda v: _number(v, whole=False),
+}
+
 _TYPE_NAMES = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
     "path": "a path", "int_list": "a list of integers", "str_list": "a list of strings",
@@ -55,28 +100,18 @@ class Key:
         """The value converted to this key's type, or a ConfigError naming key and source."""
         if value is None and self.default is None:
             return None
-        ok = {
-            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-            "bool": lambda v: isinstance(v, bool),
-            "str": lambda v: isinstance(v, str),
-            "path": lambda v: isinstance(v, str) and v != "",
-            "int_list": lambda v: isinstance(v, list)
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in v),
-            "str_list": lambda v: isinstance(v, list) and all(isinstance(x, (str, int)) for x in v),
-            "float_list": lambda v: isinstance(v, list)
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
-        }[self.type]
-        if not ok(value):
+        convert = _CONVERT[self.type]
+        if self.type.endswith("_list"):
+            converted = [convert(x) for x in value] if isinstance(value, list) else None
+            if converted is not None and None in converted:
+                converted = None
+        else:
+            converted = convert(value)
+        if converted is None:
             raise ConfigError(f"{source}: {self.name} must be {_TYPE_NAMES[self.type]}, got {value!r}")
+        value = converted
         if self.type in ("float", "float_list") and not all(math.isfinite(x) for x in _items(value)):
             raise ConfigError(f"{source}: {self.name} must be finite, got {value!r}")
-        if self.type == "float":
-            value = float(value)
-        if self.type == "str_list":
-            value = [str(x) for x in value]
-        if self.type == "float_list":
-            value = [float(x) for x in value]
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{source}: {self.name} must be at least {self.minimum}, got {value!r}")
         if self.maximum is not None and value > self.maximum:
@@ -111,6 +146,18 @@ class Config(dict):
                 raise ConfigError(f"{self.path}: {name} is required by {by} (set it in the file or with -o {name}=...)")
 
 
+class Flat(dict):
+    """Dotted key -> value of a YAML file; `lines` maps each key written in it to its line (1-based)."""
+
+    def __init__(self, values, lines):
+        super().__init__(values)
+        self.lines = lines
+
+    def source(self, path, name):
+        """`path:line` of `name` when its line is known, else `path`: the prefix of an error."""
+        return f"{path}:{self.lines[name]}" if name in self.lines else path
+
+
 def flatten(tree, prefix=""):
     flat = {}
     for key, value in tree.items():
@@ -122,19 +169,55 @@ def flatten(tree, prefix=""):
     return flat
 
 
+def _key_lines(node, path, prefix="", lines=None):
+    """Line of every dotted key of a YAML mapping node; a key written twice (also as `runner.epochs`
+    beside `runner: {epochs: ...}`) is a ConfigError: YAML would silently keep the last."""
+    lines = {} if lines is None else lines
+    for key_node, value_node in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+            continue  # keys merged from an anchor (<<: *base) may be overridden: that is their point
+        name = prefix + key_node.value
+        line = key_node.start_mark.line + 1
+        if name in lines:
+            raise ConfigError(f"{path}:{line}: duplicate key {name} (first set at line {lines[name]})")
+        lines[name] = line
+        if isinstance(value_node, yaml.MappingNode):
+            _key_lines(value_node, path, name + ".", lines)
+    return lines
+
+
 def read_yaml(path):
+    """The file's keys flattened to dotted names (a Flat), or a ConfigError naming file and line."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
+    with open(path, "rb") as f:
+        raw = f.read()
     try:
-        with open(path, encoding="utf-8") as f:
-            tree = parse_yaml(f)
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        lines = _key_lines(node, path) if isinstance(node, yaml.MappingNode) else {}
+        tree = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise ConfigError(f"{where}: not valid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
     if tree is None:
-        tree = {}
+        raise ConfigError(f"{path}: the config file is empty; expected sections such as runner: and "
+                          f"hyper_parameters:")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected sections such as runner: and hyper_parameters:")
-    return flatten(tree)
+    return Flat(flatten(tree), lines)
 
 
 def full_name(name, schema):
@@ -155,7 +238,8 @@ class Sources:
     def __init__(self, path, overrides):
         self.path = os.path.abspath(path)
         base = os.path.dirname(self.path)
-        self.entries = [(name, value, self.path, base) for name, value in read_yaml(self.path).items()]
+        written = read_yaml(self.path)
+        self.entries = [(name, value, written.source(self.path, name), base) for name, value in written.items()]
         for item in overrides:
             name, sep, text = item.partition("=")
             name = name.strip()
@@ -175,8 +259,10 @@ class Sources:
             full = full_name(name, schema) if source == "-o" else name
             if full in schema:
                 values[full] = (value, source, base)
+            elif value is None and any(k.startswith(full + ".") for k in schema):
+                continue  # a section with every key commented out
             elif not known_only:
-                raise unknown_key_error(full, schema, source)
+                raise unknown_key_error(full, value, schema, source)
         return values
 
 
@@ -185,7 +271,12 @@ def resolve_path(value, base):
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
 
 
-def unknown_key_error(name, schema, source):
+def unknown_key_error(name, value, schema, source):
+    """The ConfigError of a name that is not a key: a section given a value, or a typo."""
+    section = [k for k in schema if k.startswith(name + ".")]
+    if section:
+        return ConfigError(f"{source}: {name} must be a section (a mapping of keys such as "
+                           f"{section[0][len(name) + 1:]}), got {value!r}")
     hint = difflib.get_close_matches(name, list(schema), n=1, cutoff=0.6)
     if not hint:  # a typo inside a long dotted key: compare the last part too
         tails = {k.rsplit(".", 1)[-1]: k for k in schema}

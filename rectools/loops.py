@@ -80,12 +80,15 @@ def log_record(prefix, record):
              records.format_metrics({k: v for k, v in record.items() if k != "epoch"}))
 
 
-def output_folder(config):
-    """runner.model_save_path, created; refused early when it is a file."""
+def output_folder(config, claim=False):
+    """runner.model_save_path, created; refused early when it is a file. With `claim` (a trainer)
+    this process becomes its only writer and what a killed run left there is recovered."""
     folder = config["runner.model_save_path"]
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise ConfigError(f"runner.model_save_path: {folder} is a file, not a folder")
     os.makedirs(folder, exist_ok=True)
+    if claim:
+        checkpoint.claim(folder)
     return folder
 
 
@@ -95,11 +98,11 @@ def train(config, package, mode="dygraph", shard=Shard(), gather=None):
     config.require("runner.train_data_dir", by="the trainer")
     dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
     engine = ENGINES[mode](config, package, train=True)
+    save_root = output_folder(config, claim=True)  # first: it recovers an epoch a killed run was replacing
     first_epoch = 0
     if config["runner.model_init_path"]:
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
                                                  "runner.model_init_path", True) + 1
-    save_root = output_folder(config)
     metrics_file = os.path.join(save_root, records.TRAIN)
     records.keep_before(metrics_file, first_epoch)
     if first_epoch >= config["runner.epochs"]:

@@ -72,6 +72,13 @@ def test_an_int_is_accepted_for_a_float_and_becomes_float():
     ("hyper_parameters.counterfactual_w=.nan", "hyper_parameters.counterfactual_w must be finite"),
     ("hyper_parameters.propensity_floor=2", "hyper_parameters.propensity_floor must be at most 1.0"),
     ("runner.seed=-5", "runner.seed must be at least 0"),
+    # scientific notation is a number (test_scientific_notation_...), but an integer only when whole
+    ("runner.epochs=1e-3", "runner.epochs must be an integer, got '1e-3'"),
+    ("runner.epochs=2.5e0", "runner.epochs must be an integer, got '2.5e0'"),
+    ("runner.epochs=2.5", "runner.epochs must be an integer, got 2.5"),
+    ("hyper_parameters.ctr_fc_sizes=[64, 1.5e0]", "hyper_parameters.ctr_fc_sizes must be a list of integers"),
+    ("hyper_parameters.global_w=1e999", "hyper_parameters.global_w must be finite"),
+    ("hyper_parameters.global_w=1e", "hyper_parameters.global_w must be a number, got '1e'"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError) as error:
@@ -92,7 +99,7 @@ def test_unknown_key_in_the_file_names_file_and_key(tmp_path):
                                    "hyper_parameters": {"sparse_feature_number": 10}})
     with pytest.raises(ConfigError) as error:
         model_loader.load(path)
-    assert str(error.value) == f"{path}: unknown key runner.epoch; did you mean runner.epochs?"
+    assert str(error.value) == f"{path}:4: unknown key runner.epoch; did you mean runner.epochs?"
 
 
 def test_missing_required_key(tmp_path):
@@ -103,11 +110,103 @@ def test_missing_required_key(tmp_path):
 
 def test_invalid_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("runner: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    bad.write_text("runner:\n  epochs: [unclosed\n")
+    with pytest.raises(ConfigError) as error:
+        model_loader.load(str(bad))
+    assert str(error.value).startswith(f"{bad}:3: not valid YAML: ") and "\n" not in str(error.value)
+    bad.write_bytes(b"runner:\n  epochs: \xff\n")
+    with pytest.raises(ConfigError, match=f"^{bad}:2: not UTF-8 text"):
         model_loader.load(str(bad))
     with pytest.raises(ConfigError, match="config file not found"):
         model_loader.load(str(tmp_path / "none.yaml"))
+
+
+def test_scientific_notation_is_a_number_where_a_number_is_expected(tmp_path):
+    # YAML 1.1 reads 1e-3 and 1e3 as strings (its floats need a dot and a signed exponent)
+    path = tmp_path / "config.yaml"
+    path.write_text(f"runner:\n  model_dir: {MODEL_DIR}\n  train_batch_size: 1e3\nhyper_parameters:\n"
+                    f"  sparse_feature_number: 5e4\n  optimizer:\n    learning_rate: 1e-3\n")
+    config = model_loader.load(str(path))[0]
+    assert config["hyper_parameters.optimizer.learning_rate"] == 0.001
+    assert config["runner.train_batch_size"] == 1000 and type(config["runner.train_batch_size"]) is int
+    assert config["hyper_parameters.sparse_feature_number"] == 50000
+    config = model_config(["hyper_parameters.optimizer.learning_rate=1e-3", "propensity_floor=2.5E-2",
+                           "runner.epochs=2E0", "hyper_parameters.ctr_fc_sizes=[1e2, 64]", "runner.seed=2.0"])
+    assert config["hyper_parameters.optimizer.learning_rate"] == 0.001
+    assert config["hyper_parameters.propensity_floor"] == 0.025
+    assert config["runner.epochs"] == 2 and config["hyper_parameters.ctr_fc_sizes"] == [100, 64]
+    assert config["runner.seed"] == 2 and type(config["runner.seed"]) is int
+    # a string key keeps what looks like a number as written; field ids stay as written
+    assert model_config(["hyper_parameters.fields=[101, 1e3, 109_14]", "num_field=3"])[
+        "hyper_parameters.fields"] == ["101", "1e3", "109_14"]
+    with pytest.raises(ConfigError, match="runner.counterfact_mode must be one of .*, got '1e3'"):
+        model_config(["runner.counterfact_mode=1e3"])
+
+
+@pytest.mark.parametrize("text, line, key, first", [
+    ("runner:\n  epochs: 2\n  epochs: 3\n", 3, "runner.epochs", 2),
+    ("runner:\n  epochs: 2\nhyper_parameters:\n  max_len: 3\nrunner:\n  seed: 1\n", 5, "runner", 1),
+    ("runner:\n  epochs: 2\nrunner.epochs: 3\n", 3, "runner.epochs", 2),
+    ("hyper_parameters:\n  optimizer:\n    learning_rate: 0.1\n    learning_rate: 0.2\n", 4,
+     "hyper_parameters.optimizer.learning_rate", 3),
+])
+def test_a_key_written_twice_is_refused_naming_key_file_and_line(tmp_path, text, line, key, first):
+    path = tmp_path / "config.yaml"
+    path.write_text(f"hyper_parameters.sparse_feature_number: 10\n{text}")
+    with pytest.raises(ConfigError) as error:
+        model_loader.load(str(path), [f"runner.model_dir={MODEL_DIR}"])
+    assert str(error.value) == f"{path}:{line + 1}: duplicate key {key} (first set at line {first + 1})"
+
+
+def test_an_empty_config_file_says_so(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("# every key commented out\n")
+    result = run_tool("trainer.py", "-m", str(path), cwd=str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: the config file is empty; expected sections such as runner: and hyper_parameters:"]
+
+
+def test_a_section_given_a_value_is_named_as_a_section(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("hyper_parameters:\n  sparse_feature_number: 10\nrunner: [1, 2]\n")
+    with pytest.raises(ConfigError) as error:
+        model_loader.load(str(path), [f"runner.model_dir={MODEL_DIR}"])
+    assert str(error.value) == (f"{path}:3: runner must be a section (a mapping of keys such as model_dir), "
+                                f"got [1, 2]")
+    path.write_text("hyper_parameters:\n  sparse_feature_number: 10\n  optimizer: adam\nrunner:\n")
+    with pytest.raises(ConfigError, match=r":3: hyper_parameters.optimizer must be a section .* got 'adam'"):
+        model_loader.load(str(path), [f"runner.model_dir={MODEL_DIR}"])
+    with pytest.raises(ConfigError, match="^-o: runner must be a section"):
+        model_config(["runner=[1, 2]"])
+    path.write_text("hyper_parameters:\n  sparse_feature_number: 10\nrunner:  # all commented out\n")
+    assert model_loader.load(str(path), [f"runner.model_dir={MODEL_DIR}"])[0]["runner.epochs"] == 1
+
+
+def test_config_doc_gives_usage_and_one_line_errors(tmp_path):
+    result = run_tool("config_doc.py", "--help", cwd=str(tmp_path))
+    assert result.returncode == 0 and result.stdout.startswith("usage: config_doc.py") and "--bias-study" in result.stdout
+    result = run_tool("config_doc.py", cwd=str(tmp_path))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("usage: config_doc.py") and "Traceback" not in result.stderr
+    result = run_tool("config_doc.py", "nowhere", cwd=str(tmp_path))
+    assert (result.returncode, result.stderr) == (2, f"error: model folder not found: nowhere\n")
+    result = run_tool("config_doc.py", str(tmp_path), cwd=str(tmp_path))
+    assert (result.returncode, result.stderr) == (2, f"error: {tmp_path} is not a model folder: it has no "
+                                                     f"config_schema.py\n")
+    result = run_tool("config_doc.py", MODEL_DIR, cwd=str(tmp_path))
+    assert result.returncode == 0 and "| `runner.epochs` | int | 1 |" in result.stdout
+
+
+def test_config_doc_into_a_closed_pipe_is_no_traceback(tmp_path):
+    import subprocess
+    import sys
+    from conftest import REPO
+    child = subprocess.Popen([sys.executable, os.path.join(REPO, "tools", "config_doc.py"), MODEL_DIR],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()  # as `| head -1` does once it has its line
+    assert child.wait(timeout=60) == 1
+    assert child.stderr.read() == b""
 
 
 def test_command_lines_exit_2_with_one_line_before_any_work(tmp_path):

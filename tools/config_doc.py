@@ -1,28 +1,47 @@
-"""Print a config reference (every key: type, default, meaning) as Markdown:
-python tools/config_doc.py models/multitask/escm2                the keys of a model folder's config
-python tools/config_doc.py --bias-study models/multitask/escm2   the keys of its bias-study suites"""
+"""Print a config reference (every key: type, default, meaning) as Markdown.
+
+  python tools/config_doc.py models/multitask/escm2                the keys of a model folder's config
+  python tools/config_doc.py --bias-study models/multitask/escm2   the keys of its bias-study suites"""
+import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from rectools import cli  # noqa: E402
 from rectools.config import describe  # noqa: E402
+from rectools.errors import UserError  # noqa: E402
 from rectools.keys import RUNNER_KEYS  # noqa: E402
 from rectools.model_loader import import_model_package, model_module  # noqa: E402
 
 
+def model_folder_module(model_dir, module):
+    """A module of a model folder, or a UserError naming what is missing."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"model folder not found: {model_dir}")
+    if not os.path.isfile(os.path.join(model_dir, module + ".py")):
+        raise UserError(f"{model_dir} is not a model folder: it has no {module}.py")
+    return model_module(import_model_package(model_dir), module, "model folder")
+
+
 def reference(model_dir):
-    schema = model_module(import_model_package(model_dir), "config_schema", "model folder")
-    return describe(RUNNER_KEYS + schema.KEYS)
+    """The reference of a model folder's keys (the runner's and its config_schema.py's)."""
+    return describe(RUNNER_KEYS + model_folder_module(model_dir, "config_schema").KEYS)
 
 
 def bias_study_reference(model_dir):
-    return describe(model_module(import_model_package(model_dir), "bias_study", "model folder").SUITE_KEYS)
+    """The reference of the keys of a model folder's bias-study suites (its bias_study.py)."""
+    return describe(model_folder_module(model_dir, "bias_study").SUITE_KEYS)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="a model folder (one with config_schema.py)")
+    parser.add_argument("--bias-study", action="store_true", help="the keys of its bias-study suites instead")
+    args = parser.parse_args(argv)
+    cli.one_line_errors(lambda: print(bias_study_reference(args.model_dir) if args.bias_study
+                                      else reference(args.model_dir)))
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if args[:1] == ["--bias-study"]:
-        print(bias_study_reference(args[1] if len(args) > 1 else "."))
-    else:
-        print(reference(args[0] if args else "."))
+    main()
