@@ -38,9 +38,14 @@ def one_line_errors(call, *args):
         sys.exit(1)
 
 
-def run(main, description, argv=None):
-    """Parse the flags, call main(config_path, overrides), with one_line_errors."""
+def run_command(call, *args):
+    """A command's frame: INFO logging on stdout, then call(*args) with one_line_errors."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s", stream=sys.stdout,
                         force=True)  # paddle installs a root handler of its own on import
+    return one_line_errors(call, *args)
+
+
+def run(main, description, argv=None):
+    """Parse PaddleRec's flags, then main(config_path, overrides) in run_command's frame."""
     args = parse_args(description, argv)
-    one_line_errors(main, args.config_yaml, args.opt)
+    run_command(main, args.config_yaml, args.opt)
