@@ -2,6 +2,8 @@
 no threshold buckets, so AUC stays exact for the tiny pCTCVR values of conversion data."""
 import numpy as np
 
+from .contract import Predictions
+
 EPS = 1e-7
 
 
@@ -59,8 +61,8 @@ def ctr_cvr_report(pctr, pcvr, click, buy):
     }
 
 
-class Accumulator:
-    """Collects named per-batch arrays over an epoch."""
+class Accumulator(Predictions):
+    """Collects named per-batch arrays over an epoch (rectools.contract.Predictions)."""
 
     def __init__(self):
         self.parts = {}
