@@ -30,13 +30,13 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CACHE_VERSION = 1
-OFF = ("", "none", "off")
+OFF = ("", "none")
 
 
 def cache_dir(config):
     """The cache folder runner.cache_dir names, or None when caching is off.
 
-    Unset: $XDG_CACHE_HOME/escm2-paddle, else ~/.cache/escm2-paddle. '', 'none' or 'off': no
+    Unset: $XDG_CACHE_HOME/escm2-paddle, else ~/.cache/escm2-paddle. '' or 'none': no
     caching. A relative path is taken from the config file's folder, like the file's other paths.
     """
     value = config.get("runner.cache_dir")

@@ -129,8 +129,9 @@ def _tune_malloc():
 
 def workers():
     """Parse workers to use: one per core (they share the cores with training, which waits for data
-    when parsing is the slower side), none where processes cannot be forked."""
-    if "fork" not in multiprocessing.get_all_start_methods():
+    when parsing is the slower side); none where processes cannot be forked, or inside a daemonic
+    worker (of a multiprocessing pool), which may not have children."""
+    if "fork" not in multiprocessing.get_all_start_methods() or multiprocessing.current_process().daemon:
         return 0
     return os.cpu_count() or 1
 

@@ -36,7 +36,7 @@ MD5 = re.compile(r"[0-9a-fA-F]{32}")
 BOM = b"\xef\xbb\xbf"
 INT64_LIMIT = 2 ** 63
 PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or counts change
-BLOCK_BYTES = 1 << 19  # text parsed at once: enough to amortise numpy calls; small temporaries stay in cache
+BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
 
 
 class RecDataset:
@@ -44,17 +44,18 @@ class RecDataset:
 
     `config` gives hyper_parameters.fields (F), max_len (L) and sparse_feature_number (vocabulary),
     and runner.cache_dir. `chunk_lines` bounds the lines of one chunk (and of one parsed block).
+    `processes`: parse workers (None: one per core; 0: parse in the calling thread).
     chunks() yields dicts: ids int64 [n, F, L] (0 pads), click, buy, sample_id int64 [n].
     Raises DataError naming file and line for malformed data (see LineParser).
     """
 
-    def __init__(self, file_list, config, chunk_lines=8192):
+    def __init__(self, file_list, config, chunk_lines=8192, processes=None):
         self.file_list = list(file_list)
         self.fields = list(config["hyper_parameters.fields"])
         self.max_len = config["hyper_parameters.max_len"]
         self.vocab = config["hyper_parameters.sparse_feature_number"]
         self.chunk_lines = chunk_lines
-        self.processes = None  # parse workers; None: one per core (rectools.data.process_map)
+        self.processes = processes
         self.cache = cache.ArrayCache(cache.cache_dir(config), {
             "format": "PaddleRec Ali-CCP lines", "parser_version": PARSER_VERSION, "fields": self.fields,
             "max_len": self.max_len, "sparse_feature_number": self.vocab})
@@ -137,8 +138,8 @@ def read_blocks(path, block_bytes, max_lines):
             try:
                 data = f.read(block_bytes)
             except (OSError, EOFError, zlib.error) as e:  # gzip raises all three for damaged data
-                raise DataError(path, line_no, f"damaged gzip data after line {line_no - 1} "
-                                               f"(the last line read whole): {e}") from None
+                where = f"after line {line_no - 1} (the last line read whole)" if line_no > 1 else "at its start"
+                raise DataError(path, line_no, f"not readable as gzip {where}: {e}") from None
             if first:
                 data, first = (data[len(BOM):] if data.startswith(BOM) else data), False
             if not data:
@@ -146,25 +147,26 @@ def read_blocks(path, block_bytes, max_lines):
             text = carry + data
             end = text.rfind(b"\n") + 1
             carry = text[end:]
-            yield from _cut(text[:end], line_no, max_lines)
-            line_no += text.count(b"\n", 0, end)
+            line_no = yield from _cut(text[:end], line_no, max_lines)
     if carry:
         yield line_no, carry + b"\n"
 
 
 def _cut(text, line_no, max_lines):
-    """Whole-line pieces of `text` of at most max_lines lines each."""
-    if text.count(b"\n") <= max_lines:
+    """Yields whole-line pieces of `text` of at most max_lines lines each; returns the number of
+    the line after them."""
+    lines = text.count(b"\n")
+    if lines <= max_lines:
         if text:
             yield line_no, text
-        return
+        return line_no + lines
     ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)[max_lines - 1::max_lines] + 1
     start = 0
-    for end in [*ends.tolist(), len(text)]:
+    for piece, end in enumerate([*ends.tolist(), len(text)]):
         if end > start:
-            yield line_no, text[start:end]
-            line_no += max_lines
+            yield line_no + piece * max_lines, text[start:end]
             start = end
+    return line_no + lines
 
 
 # ----------------------------------------------------------------------------- the reference parser
