@@ -277,6 +277,7 @@ _U64 = np.uint64
 _ASCII_ZEROS = _U64(0x3030303030303030)
 # _TOP[n]: mask of the n most significant bytes of a little-endian word (its last n bytes in memory)
 _TOP = np.array([0] + [(2 ** 64 - 1) ^ (2 ** (8 * (8 - n)) - 1) for n in range(1, 9)], dtype=_U64)
+_PAD = _ASCII_ZEROS & ~_TOP  # '0' in the bytes below the top n
 
 
 def _words(text):
@@ -292,16 +293,27 @@ def _digits8(word, n):
     """(values, all digits?) of the decimal numbers in the last n (1..8) bytes of each word.
 
     SWAR: the bytes before the number become '0', then digit pairs, quads and the eight are
-    combined by three multiplications (the method of Lemire's fast_float and simdjson)."""
-    top = _TOP[n]
-    v = (word & top) | (_ASCII_ZEROS & ~top)
-    ok = ((v & _U64(0xF0F0F0F0F0F0F0F0)) | (((v + _U64(0x0606060606060606)) & _U64(0xF0F0F0F0F0F0F0F0)) >> _U64(4))
-          ) == _U64(0x3333333333333333)
+    combined by three multiplications (the method of Lemire's fast_float and simdjson). In place
+    where it can: temporaries cost page faults."""
+    v = word & _TOP[n]
+    v |= _PAD[n]
+    t = v + _U64(0x0606060606060606)  # a byte above '9' carries into its high nibble
+    t &= _U64(0xF0F0F0F0F0F0F0F0)
+    t >>= _U64(4)
+    t |= v & _U64(0xF0F0F0F0F0F0F0F0)
+    ok = t == _U64(0x3333333333333333)
     v -= _ASCII_ZEROS  # digit values, the most significant digit in the lowest byte
-    v = v * _U64(10) + (v >> _U64(8))
-    v = ((v & _U64(0x000000FF000000FF)) * _U64(100 + (1000000 << 32))
-         + ((v >> _U64(16)) & _U64(0x000000FF000000FF)) * _U64(1 + (10000 << 32))) >> _U64(32)
-    return v.astype(np.int64), ok
+    np.right_shift(v, _U64(8), out=t)
+    v *= _U64(10)
+    v += t  # pairs
+    np.right_shift(v, _U64(16), out=t)
+    t &= _U64(0x000000FF000000FF)
+    t *= _U64(1 + (10000 << 32))
+    v &= _U64(0x000000FF000000FF)
+    v *= _U64(100 + (1000000 << 32))
+    v += t
+    v >>= _U64(32)
+    return v.view(np.int64), ok
 
 
 def _decimal(words, start, end):
@@ -373,18 +385,18 @@ class BlockParser:
         counts = new_counts(self.fields)
         F, L = len(self.fields), self.max_len
 
-        # segments: the text between separators; segment k ends at sep[k], a ',', ':' or LF
+        # segments: the text between separators; segment k is text[sep[k - 1] + 1:sep[k]], sep[k]
+        # being a ',', ':' or LF (sep[-1] is taken as -1)
         sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10))
         kind = text[sep]
-        start = np.empty_like(sep)
-        start[0], start[1:] = 0, sep[:-1] + 1
         last = np.flatnonzero(kind == 10)  # the last segment of each line
         first = np.empty_like(last)
         first[0], first[1:] = 0, last[:-1] + 1
-        blank = (first == last) & (start[last] == sep[last])
+        line_start = np.where(first > 0, sep[first - 1] + 1, 0)
+        blank = line_start == sep[last]  # nothing but LF
         counts["blank"] = int(blank.sum())
         if counts["blank"]:
-            first, last = first[~blank], last[~blank]
+            first, last, line_start = first[~blank], last[~blank], line_start[~blank]
         n = len(first)
 
         # sample_id,click,buy: numbers ending in ',' ',' and ',' or LF; click and buy one byte each
@@ -396,7 +408,7 @@ class BlockParser:
         buy = text[sep[first + 1] + 1].astype(np.int64) - 48
         if n and np.any((click < 0) | (click > 1) | (buy < 0) | (buy > click)):
             raise Irregular
-        sample_id, ok = _decimal(words, start[first], sep[first])
+        sample_id, ok = _decimal(words, line_start, sep[first])
         if not ok.all():
             raise Irregular
 
@@ -407,23 +419,26 @@ class BlockParser:
         if len(sep) != 3 * n + counts["blank"] + 2 * len(field) + len(md5) or np.any(kind[field + 1] == 58):
             raise Irregular  # a segment that is none of these: a token without ':' or with two
         if len(md5):
-            if np.any(sep[md5] - start[md5] != 32):
+            md5_start = sep[md5 - 1] + 1
+            if np.any(sep[md5] - md5_start != 32):
                 raise Irregular
-            digits = text[start[md5][:, None] + np.arange(32)] | 32  # lower case
+            digits = text[md5_start[:, None] + np.arange(32)] | 32  # lower case
             if not np.all(((digits >= 48) & (digits <= 57)) | ((digits >= 97) & (digits <= 102))):
                 raise Irregular
-        name_len = sep[field] - start[field]
+        colon = sep[field]  # field k is text[sep[field - 1] + 1:colon], its id text[colon + 1:sep[field + 1]]
+        name_len = colon - sep[field - 1] - 1
         if len(field) and name_len.max() > 8:
             raise Irregular
-        key = words[sep[field]] & _TOP[name_len]
+        key = words[colon]
+        key &= _TOP[name_len]
         slot = self.table(key)
         known = slot >= 0
         if not known.all():
             names, times = np.unique(key[~known], return_counts=True)
             counts["unknown"] = {int(k).to_bytes(8, "little").lstrip(b"\0").decode("ascii"): int(t)
                                  for k, t in zip(names, times)}
-            field, slot = field[known], slot[known]
-        value, ok = _decimal(words, sep[field] + 1, sep[field + 1])
+            field, slot, colon = field[known], slot[known], colon[known]
+        value, ok = _decimal(words, colon + 1, sep[field + 1])
         if not ok.all() or (len(value) and value.max() >= self.vocab):
             raise Irregular
 
