@@ -20,6 +20,7 @@ Every figure shares the machine with whatever else runs: compare rows of one run
 """
 import argparse
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -156,6 +157,7 @@ def main():
     parser.add_argument("--skip-big", action="store_true", help="measure --rows only")
     parser.add_argument("--out", default="/tmp/escm2-pipeline", help="data and runs (kept data is reused)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the reader's per-file notes are not figures
     with open("/proc/loadavg") as f:
         print(f"load average at start: {' '.join(f.read().split()[:3])} ({os.cpu_count()} cores)")
     measure(args.out, args.rows, ["mmoe", "mlp"], [False, True])

@@ -336,3 +336,18 @@ def test_process_map_keeps_order_and_raises_the_workers_error():
         for value in process_map(_square_or_fail, range(10), processes=2, ahead=3):
             got.append(value)
     assert got == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("vocab", [737946, 100000000, 100000001])
+def test_ids_at_the_vocabulary_bound_take_the_same_path_in_both_parsers(tmp_path, vocab):
+    config = model_config([f"hyper_parameters.sparse_feature_number={vocab}", "runner.cache_dir=none"])
+    fields = config["hyper_parameters.fields"]
+    fast, reference = reader_module.BlockParser(fields, 3, vocab), reader_module.LineParser(fields, 3, vocab)
+    block = f"1,0,0,101:{vocab - 1},205:0,210:7,210:{vocab - 2},210:{vocab - 1},210:5\n2,1,0,101:1\n".encode()
+    arrays, counts = fast.parse(block)
+    expected, expected_counts = reference.parse(block, "a.txt", 1)
+    assert counts == expected_counts and all(np.array_equal(arrays[k], expected[k]) for k in expected)
+    with pytest.raises(reader_module.Irregular):
+        fast.parse(f"1,0,0,101:1,210:{vocab}\n".encode())  # the reference names it: out of range
+    with pytest.raises(DataError, match=f"feature id {vocab} of field 210 is outside"):
+        reference.parse(f"1,0,0,101:1,210:{vocab}\n".encode(), "a.txt", 1)

@@ -289,21 +289,29 @@ def _words(text):
     return np.ndarray((len(text) + 1,), dtype="<u8", buffer=padded, strides=(1,))
 
 
-def _digits8(word, n):
-    """(values, all digits?) of the decimal numbers in the last n (1..8) bytes of each word.
-
-    SWAR: the bytes before the number become '0', then digit pairs, quads and the eight are
-    combined by three multiplications (the method of Lemire's fast_float and simdjson). In place
-    where it can: temporaries cost page faults."""
+def _padded(word, n):
+    """The words with every byte below their last n (1..8) set to '0': 8-digit numbers when the
+    last n bytes are digits."""
     v = word & _TOP[n]
     v |= _PAD[n]
+    return v
+
+
+def _all_digits(v):
+    """Whether all 8 bytes of each word are ASCII digits."""
     t = v + _U64(0x0606060606060606)  # a byte above '9' carries into its high nibble
     t &= _U64(0xF0F0F0F0F0F0F0F0)
     t >>= _U64(4)
     t |= v & _U64(0xF0F0F0F0F0F0F0F0)
-    ok = t == _U64(0x3333333333333333)
-    v -= _ASCII_ZEROS  # digit values, the most significant digit in the lowest byte
-    np.right_shift(v, _U64(8), out=t)
+    return t == _U64(0x3333333333333333)
+
+
+def _value8(v):
+    """Values of 8-digit words (see _padded). SWAR: digit pairs, quads and the eight combined by
+    three multiplications (the method of Lemire's fast_float and simdjson); in place where it can,
+    as temporaries cost page faults."""
+    v = v - _ASCII_ZEROS  # digit values, the most significant digit in the lowest byte
+    t = v >> _U64(8)
     v *= _U64(10)
     v += t  # pairs
     np.right_shift(v, _U64(16), out=t)
@@ -313,7 +321,7 @@ def _digits8(word, n):
     v *= _U64(100 + (1000000 << 32))
     v += t
     v >>= _U64(32)
-    return v.view(np.int64), ok
+    return v.view(np.int64)
 
 
 def _decimal(words, start, end):
@@ -321,14 +329,15 @@ def _decimal(words, start, end):
     n = end - start
     if len(n) and (n.min() < 1 or n.max() > 16):
         raise Irregular
-    if len(n) and n.max() > 8:
-        value, ok = _digits8(words[end], np.minimum(n, 8))
-        long = np.flatnonzero(n > 8)
-        high, high_ok = _digits8(words[end[long] - 8], n[long] - 8)
-        value[long] += high * 10 ** 8
-        ok[long] &= high_ok
-        return value, ok
-    return _digits8(words[end], n)
+    v = _padded(words[end], np.minimum(n, 8))
+    ok = _all_digits(v)
+    value = _value8(v)
+    long = np.flatnonzero(n > 8)
+    if len(long):
+        high = _padded(words[end[long] - 8], n[long] - 8)
+        value[long] += _value8(high) * 10 ** 8
+        ok[long] &= _all_digits(high)
+    return value, ok
 
 
 def _key(name):
@@ -372,6 +381,9 @@ class BlockParser:
     def __init__(self, fields, max_len, vocab):
         self.fields, self.max_len, self.vocab = fields, max_len, vocab
         self.table = _FieldTable(fields)
+        # the largest id as 8 digit bytes, most significant first in a big-endian word: digit words
+        # compare like their numbers once byte-swapped
+        self.largest = _U64(int.from_bytes(f"{vocab - 1:08d}"[-8:].encode(), "big")) if vocab <= 10 ** 8 else None
 
     def parse(self, block):
         if b"\r" in block:
@@ -387,7 +399,7 @@ class BlockParser:
 
         # segments: the text between separators; segment k is text[sep[k - 1] + 1:sep[k]], sep[k]
         # being a ',', ':' or LF (sep[-1] is taken as -1)
-        sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10))
+        sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10)).astype(np.int32)  # half the bytes to move
         kind = text[sep]
         last = np.flatnonzero(kind == 10)  # the last segment of each line
         first = np.empty_like(last)
@@ -413,7 +425,7 @@ class BlockParser:
             raise Irregular
 
         # the rest: field:feat tokens, and an md5 column 4 (the one column there without ':')
-        field = np.flatnonzero(kind == 58)
+        field = np.flatnonzero(kind == 58).astype(np.int32)
         md5 = first[last - first >= 3] + 3
         md5 = md5[kind[md5] != 58]
         if len(sep) != 3 * n + counts["blank"] + 2 * len(field) + len(md5) or np.any(kind[field + 1] == 58):
@@ -438,19 +450,29 @@ class BlockParser:
             counts["unknown"] = {int(k).to_bytes(8, "little").lstrip(b"\0").decode("ascii"): int(t)
                                  for k, t in zip(names, times)}
             field, slot, colon = field[known], slot[known], colon[known]
-        value, ok = _decimal(words, colon + 1, sep[field + 1])
-        if not ok.all() or (len(value) and value.max() >= self.vocab):
-            raise Irregular
-
         ids = np.zeros((n, F, L), dtype=np.int64)
         if len(field):
-            self._place(ids, value, slot, np.searchsorted(field, first), counts)
+            end = sep[field + 1]
+            length = end - colon - 1
+            if length.min() < 1 or length.max() > 8 or self.vocab > 10 ** 8:
+                value, ok = _decimal(words, colon + 1, end)  # the general way: every value decoded
+                if not ok.all() or value.max() >= self.vocab:
+                    raise Irregular
+                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                ids.reshape(-1)[at] = value[kept]
+            else:  # up to 8 digits: checked in place, the ids beyond max_len never decoded
+                digits = _padded(words[end], length)
+                if not _all_digits(digits).all() or digits.byteswap().max() > self.largest:
+                    raise Irregular
+                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                ids.reshape(-1)[at] = _value8(digits[kept])
         return {"ids": ids, "click": click, "buy": buy, "sample_id": sample_id}, counts
 
-    def _place(self, ids, value, slot, line_start, counts):
-        """ids[row, slot, rank] = value for the first max_len ids of each (row, slot); the rest are
-        counted per field. Works on runs of equal slot within a line, so that the work per token
-        is a few array operations and the rest is per run; line_start: first token of each row."""
+    def _place(self, slot, line_start, counts):
+        """(tokens kept, their flat positions in ids [n, F, L]): the first max_len ids of each
+        (row, slot); the rest are counted per field. Works on runs of equal slot within a line, so
+        that the work per token is a few array operations and the rest is per run; line_start:
+        first token of each row."""
         F, L, T = len(self.fields), self.max_len, len(slot)
         boundary = np.empty(T, dtype=bool)
         boundary[0] = True
@@ -469,6 +491,6 @@ class BlockParser:
         kept = np.clip(L - offset, 0, run_len)
         which = np.repeat(np.arange(len(run)), kept)
         j = np.arange(len(which)) - np.repeat(np.cumsum(kept) - kept, kept)
-        ids.reshape(-1)[run_cell[which] * L + offset[which] + j] = value[run[which] + j]
         dropped = np.bincount(slot[run], weights=run_len - kept, minlength=F)
         counts["truncated"] = dict(zip(self.fields, dropped.astype(np.int64).tolist()))
+        return run[which] + j, run_cell[which] * L + offset[which] + j
