@@ -169,6 +169,7 @@ class ArrayCache:
         except BaseException:
             if writer is not None:
                 writer.discard()
+            parts.close()  # stops the parse (and its workers) now, not when collected
             raise
         if writer is None:
             return summary

@@ -9,6 +9,7 @@ import collections
 import concurrent.futures
 import ctypes
 import ctypes.util
+import gc
 import multiprocessing
 import os
 import queue
@@ -116,9 +117,12 @@ def background(iterable, depth):
         thread.join()
 
 
-def _tune_malloc():
-    """In a parse worker: keep freed memory for reuse. glibc otherwise serves each numpy
-    temporary of a few MB from a fresh mmap, and page faults cost as much as the parsing."""
+def _worker_start():
+    """In a forked worker: never collect what the parent left (its objects may hold locks or
+    resources of the parent's threads, e.g. tensors), and keep freed memory for reuse: glibc
+    otherwise serves each numpy temporary of a few MB from a fresh mmap, and page faults cost as
+    much as the parsing."""
+    gc.freeze()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
@@ -150,7 +154,7 @@ def process_map(function, items, processes=None, ahead=None):
         return
     ahead = ahead or 2 * processes
     pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                                  initializer=_tune_malloc)
+                                                  initializer=_worker_start)
     pending = collections.deque()
     try:
         for item in items:

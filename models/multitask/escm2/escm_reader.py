@@ -9,9 +9,11 @@ Output: chunks of arrays, `ids` int64 [n, fields, max_len] (0 pads), `click`, `b
 start of a file is skipped; CRLF line ends are accepted.
 
 Two parsers give the same arrays and counts:
-  * `parse_block`: vectorised over a block of whole lines (~2 MB) with numpy: separator positions,
-    8-byte words read at token ends and decoded as decimal digits in-register, ranks of ids within
-    their field by run lengths. No Python per token or per line.
+  * `BlockParser`: vectorised over a block of whole lines (~2 MB) with numpy: separator positions;
+    the 8 bytes before each ':' name the field (a hash table); the 8 bytes ending each id are
+    checked as digits and against the vocabulary in a few word operations (SWAR); ranks of ids
+    within their field come from run lengths, and only the ids kept (max_len) are decoded. No
+    Python per token or per line. Blocks are parsed in worker processes (rectools.data.process_map).
   * `LineParser`: the reference, line by line in Python. It runs whenever the fast parser meets
     anything outside the plain grammar (a bad line, non-ASCII bytes, a stray CR, field names longer
     than 8 bytes, numbers longer than 16 digits...), so every error message comes from it and names
@@ -19,7 +21,6 @@ Two parsers give the same arrays and counts:
 The parsed arrays of each file are cached on disk (rectools.cache, keyed by the file's identity and
 this parsing schema); later epochs and runs read the cache instead of the text.
 """
-import collections
 import gzip
 import logging
 import re
