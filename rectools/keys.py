@@ -9,6 +9,9 @@ RUNNER_KEYS = [
         "reader module in the model folder (defines RecDataset); a model folder may give it a default"),
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
     Key("runner.infer_reader_path", "str", None, "reader module used by infer, export checks and predict"),
+    Key("runner.cache_dir", "str", None,
+        "where parsed data files are cached (per file, checked against the file's size and mtime); default: "
+        "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none: no cache; relative to the config file"),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
     Key("runner.train_batch_size", "int", 1024, "samples per training step", minimum=1),
     Key("runner.infer_batch_size", "int", 1024, "samples per evaluation step", minimum=1),
