@@ -36,6 +36,9 @@ RUNNER_KEYS = [
         "file tools/predict.py writes (sample_id and the model's outputs, CSV); default: "
         "<model_save_path>/predictions.csv"),
     Key("runner.predict_threads", "int", 1, "CPU math threads of the predictor", minimum=1),
+    Key("runner.use_visual", "bool", False,
+        "also write loss and AUC curves for VisualDL into <model_save_path>/visualDL_log/<train|infer>-<run> "
+        "(needs pip install visualdl; view with visualdl --logdir <model_save_path>/visualDL_log)"),
     Key("runner.save_inference_feed_varnames", "str_list", None,
         "PaddleRec's names of the exported inputs; the inputs here are always named after the fields",
         ignored=True),
@@ -46,4 +49,13 @@ RUNNER_KEYS = [
         ignored=True),
     Key("runner.auc_num", "int", None, "PaddleRec's number of AUC metrics; the metrics here are fixed",
         ignored=True),
+    Key("runner.thread_num", "int", None,
+        "PaddleRec's reader threads; parsing here uses one worker process per core", ignored=True),
+    Key("runner.reader_type", "str", None,
+        "PaddleRec's reader kind (QueueDataset, DataLoader, ...); the reader here is the model folder's RecDataset",
+        ignored=True),
+    Key("runner.use_xpu", "bool", False, "PaddleRec's Kunlun XPU switch; the device here is the CPU or, with "
+        "runner.use_gpu, a CUDA GPU", ignored=True),
+    Key("runner.use_npu", "bool", False, "PaddleRec's Ascend NPU switch; the device here is the CPU or, with "
+        "runner.use_gpu, a CUDA GPU", ignored=True),
 ]
