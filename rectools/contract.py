@@ -57,6 +57,12 @@ class Reader(ABC):
     def chunks(self) -> Iterator[Arrays]:
         """One pass over every file: dicts of arrays sharing their first dimension."""
 
+    def size(self) -> Optional[int]:
+        """Optional: the samples of one pass (int), when known cheaply (e.g. from parsed files'
+        cache entries), else None, which this default returns. Only progress lines use it, for an
+        ETA in a pass of which no earlier pass was seen; it must never read the data to find out."""
+        return None
+
 
 class DygraphModel(ABC):
     """PaddleRec's dygraph contract, `DygraphModel()` with no arguments, as tools/trainer.py uses it."""

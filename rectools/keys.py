@@ -9,6 +9,9 @@ RUNNER_KEYS = [
         "reader module in the model folder (defines RecDataset); a model folder may give it a default"),
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
     Key("runner.infer_reader_path", "str", None, "reader module used by infer, export checks and predict"),
+    Key("runner.cache_dir", "str", None,
+        "where parsed data files are cached (per file, checked against the file's size and mtime); default: "
+        "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none: no cache; relative to the config file"),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
     Key("runner.train_batch_size", "int", 1024, "samples per training step", minimum=1),
     Key("runner.infer_batch_size", "int", 1024, "samples per evaluation step", minimum=1),
@@ -33,6 +36,9 @@ RUNNER_KEYS = [
         "file tools/predict.py writes (sample_id and the model's outputs, CSV); default: "
         "<model_save_path>/predictions.csv"),
     Key("runner.predict_threads", "int", 1, "CPU math threads of the predictor", minimum=1),
+    Key("runner.use_visual", "bool", False,
+        "also write loss and AUC curves for VisualDL into <model_save_path>/visualDL_log/<train|infer>-<run> "
+        "(needs pip install visualdl; view with visualdl --logdir <model_save_path>/visualDL_log)"),
     Key("runner.save_inference_feed_varnames", "str_list", None,
         "PaddleRec's names of the exported inputs; the inputs here are always named after the fields",
         ignored=True),
@@ -43,4 +49,13 @@ RUNNER_KEYS = [
         ignored=True),
     Key("runner.auc_num", "int", None, "PaddleRec's number of AUC metrics; the metrics here are fixed",
         ignored=True),
+    Key("runner.thread_num", "int", None,
+        "PaddleRec's reader threads; parsing here uses one worker process per core", ignored=True),
+    Key("runner.reader_type", "str", None,
+        "PaddleRec's reader kind (QueueDataset, DataLoader, ...); the reader here is the model folder's RecDataset",
+        ignored=True),
+    Key("runner.use_xpu", "bool", False, "PaddleRec's Kunlun XPU switch; the device here is the CPU or, with "
+        "runner.use_gpu, a CUDA GPU", ignored=True),
+    Key("runner.use_npu", "bool", False, "PaddleRec's Ascend NPU switch; the device here is the CPU or, with "
+        "runner.use_gpu, a CUDA GPU", ignored=True),
 ]

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+import weakref
 
 from . import checkpoint, records
 from .data import Shard, epoch_batches, reader, rows
@@ -20,64 +21,137 @@ from .metrics import Accumulator
 log = logging.getLogger("rectools")
 
 
+FIRST_LINE = 10  # batches before the first progress line when print_interval is larger: a sign of life
+
+_passes = weakref.WeakKeyDictionary()  # reader -> {shard: samples it read in its last pass}
+
+
+def expected_samples(dataset, shard=Shard()):
+    """Samples this shard will read in a pass over `dataset`, for the ETA: what the previous pass over
+    the same reader read in this process, else the reader's size() (optional, rectools.contract.Reader)
+    shared among the shards; None when neither is known."""
+    try:
+        seen = _passes.get(dataset, {}).get(shard)
+    except TypeError:  # a reader that cannot be weakly referenced
+        seen = None
+    if seen is not None:
+        return seen
+    size = getattr(dataset, "size", None)
+    total = size() if callable(size) else None
+    return None if total is None else -(-int(total) // shard.count)
+
+
+def _remember_pass(dataset, shard, samples):
+    try:
+        _passes.setdefault(dataset, {})[shard] = samples
+    except TypeError:
+        pass
+
+
+def _clock(seconds):
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 class Progress:
-    """Loss averages and throughput over an epoch, logged every print_interval batches with the
-    AUCs of the batches since the last line (exact over that window; the epoch's are at its end)."""
+    """Progress lines of one pass over data: after the first FIRST_LINE batches (when print_interval
+    is larger), then every print_interval batches,
+    `<prefix>, batch_id: <batches>, <details>, ips: <samples/s since the last line> ins/s`, ending in
+    `, eta: h:mm:ss` (at the pass's mean rate so far) when `total`, the pass's samples, is known."""
 
-    def __init__(self, epoch, interval, metrics, summarize):
-        self.epoch, self.interval = epoch, interval
-        self.metrics, self.summarize = metrics, summarize
+    def __init__(self, prefix, interval, total=None):
+        self.prefix, self.interval, self.total = prefix, interval, total
         self.start = self.mark = time.perf_counter()
-        self.sums, self.samples, self.batches, self.since_mark = {}, 0, 0, 0
+        self.samples = self.batches = self.mark_samples = self.mark_batches = 0
 
-    def add(self, size, terms):
+    def due(self, size):
+        """Count a batch of `size` samples; True when a progress line is due after it."""
         self.batches += 1
         self.samples += size
-        self.since_mark += size
-        for name, value in terms.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value * size
-        if self.batches % self.interval == 0:
-            now = time.perf_counter()
-            window = self.summarize(self.metrics.arrays(last_batches=self.interval))
-            aucs = {k: v for k, v in window.items() if k.startswith("auc")}
-            log.info("epoch: %d, batch_id: %d, %s, %s, ips: %.1f ins/s", self.epoch, self.batches,
-                     records.format_metrics(self.means()), records.format_metrics(aucs),
-                     self.since_mark / (now - self.mark))
-            self.mark, self.since_mark = now, 0
+        return self.batches % self.interval == 0 or self.batches == FIRST_LINE < self.interval
 
-    def means(self):
-        return {name: total / self.samples for name, total in self.sums.items()}
+    @property
+    def span(self):
+        """(batches, samples) since the last line."""
+        return self.batches - self.mark_batches, self.samples - self.mark_samples
 
-    def summary(self):
-        seconds = time.perf_counter() - self.start
-        return {"epoch": self.epoch, **self.means(), "seconds": round(seconds, 3),
-                "ips": round(self.samples / seconds, 1) if seconds > 0 else None}
+    def line(self, details=None):
+        """Log the progress line with `details` ({name: value}) and start the next span."""
+        now = time.perf_counter()
+        parts = [f"{self.prefix}, batch_id: {self.batches}"] + ([records.format_metrics(details)] if details else [])
+        parts.append(f"ips: {self.span[1] / max(now - self.mark, 1e-9):.1f} ins/s")
+        if self.total and self.total > self.samples:
+            parts.append(f"eta: {_clock((self.total - self.samples) * (now - self.start) / self.samples)}")
+        log.info(", ".join(parts))
+        self.mark, self.mark_batches, self.mark_samples = now, self.batches, self.samples
+
+    def seconds(self):
+        return time.perf_counter() - self.start
 
 
-def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=Shard(), gather=None):
+def aucs(values):
+    return {k: v for k, v in values.items() if k.startswith("auc")}
+
+
+def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=Shard(), gather=None, curves=None):
     """One pass of `step` (engine.train_step or engine.eval_step) over this shard of `dataset`.
 
     Returns (record, predictions): the epoch's record (epoch, mean loss terms per sample, seconds,
     ips, and the model's metrics over the gathered predictions) and the predictions themselves,
-    {name: 1-D array} with `sample_id`, in batch order. Raises UserError when no sample was read.
+    {name: 1-D array} with `sample_id`, in batch order. Progress lines show the epoch's mean loss
+    terms so far and the AUCs of the batches since the last line; `curves` (rectools.records.Curves)
+    gets the loss terms and AUCs of those batches at each line and the epoch's at its end.
+    Raises UserError when no sample was read.
     """
     metrics = Accumulator()
-    progress = Progress(epoch, interval, metrics, engine.summarize_metrics)
+    progress = Progress(f"epoch: {epoch}", interval, expected_samples(dataset, shard))
+    sums, at_mark = {}, {}
     for batch in epoch_batches(dataset, batch_size, shard):
         terms = step(batch, metrics)
         metrics.add(sample_id=batch["sample_id"])
-        progress.add(rows(batch), terms)
+        size = rows(batch)
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value * size
+        if progress.due(size):
+            batches, samples = progress.span
+            window = aucs(engine.summarize_metrics(metrics.arrays(last_batches=batches)))
+            if curves is not None:
+                curves.add("batch", {**{k: (v - at_mark.get(k, 0.0)) / samples for k, v in sums.items()}, **window},
+                           curves.batches + progress.batches)
+            progress.line({**{k: v / progress.samples for k, v in sums.items()}, **window})
+            at_mark = dict(sums)
     if not progress.samples:
         raise UserError(f"no samples in {', '.join(dataset.file_list)}")
+    _remember_pass(dataset, shard, progress.samples)
+    seconds = progress.seconds()
+    means = {name: total / progress.samples for name, total in sums.items()}
     predictions = metrics.arrays()
     if gather is not None:
         predictions = gather(predictions)
-    return {**progress.summary(), **engine.summarize_metrics(predictions)}, predictions
+    record = {"epoch": epoch, **means, "seconds": round(seconds, 3),
+              "ips": round(progress.samples / seconds, 1) if seconds > 0 else None,
+              **engine.summarize_metrics(predictions)}
+    if curves is not None:
+        curves.batches += progress.batches
+        curves.add("epoch", {**means, **aucs(record)}, epoch)
+    return record, predictions
 
 
 def log_record(prefix, record):
-    log.info("%s: %d%s, %s", prefix, record["epoch"], " done" if prefix == "epoch" else "",
-             records.format_metrics({k: v for k, v in record.items() if k != "epoch"}))
+    """The epoch's line: its loss, AUCs and throughput; every other figure is in the records file."""
+    figures = {k: v for k, v in record.items() if k == "loss" or k.startswith("auc")}
+    line = ", ".join([f"{prefix}: {record['epoch']}" + (" done" if prefix == "epoch" else "")]
+                     + ([records.format_metrics(figures)] if figures else []))
+    if record.get("ips") is not None:
+        line += f", ips: {record['ips']:.1f} ins/s"
+    log.info(line)
+
+
+def curves_for(config, kind, run):
+    """runner.use_visual's Curves in <model_save_path>/visualDL_log/<kind>-<run>, or None."""
+    if not config["runner.use_visual"]:
+        return None
+    return records.Curves(os.path.join(config["runner.model_save_path"], records.VISUAL_DIR, f"{kind}-{run}"))
 
 
 def output_folder(config, claim=False):
@@ -94,7 +168,8 @@ def output_folder(config, claim=False):
 
 def train(config, package, mode="dygraph", shard=Shard(), gather=None):
     """tools/trainer.py and tools/static_trainer.py: runner.epochs epochs from runner.model_init_path
-    (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch. Returns the records."""
+    (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch (rectools.records: an
+    epoch's line is replaced only once its new checkpoint is in place). Returns the records."""
     config.require("runner.train_data_dir", by="the trainer")
     dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
     engine = ENGINES[mode](config, package, train=True)
@@ -104,7 +179,15 @@ def train(config, package, mode="dygraph", shard=Shard(), gather=None):
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
                                                  "runner.model_init_path", True) + 1
     metrics_file = os.path.join(save_root, records.TRAIN)
-    records.keep_before(metrics_file, first_epoch)
+    records.recover(metrics_file, save_root)  # a line a stopped run did not write
+    run = records.new_run()
+    curves = curves_for(config, "train", run)
+    # A run from epoch k leaves what is there until it replaces it: an epoch's checkpoint and its line
+    # are replaced together, when this run saves that epoch; later epochs of an earlier run stay.
+    earlier = sorted(e for e in records.saved_manifests(save_root) if e >= first_epoch)
+    if earlier:
+        log.info("%s holds checkpoints of epochs %s from an earlier run: each, with its line in %s, is "
+                 "replaced when this run saves that epoch", save_root, _epochs(earlier), records.TRAIN)
     if first_epoch >= config["runner.epochs"]:
         log.info("checkpoint of epoch %d already reaches runner.epochs=%d: nothing to train",
                  first_epoch - 1, config["runner.epochs"])
@@ -116,22 +199,35 @@ def train(config, package, mode="dygraph", shard=Shard(), gather=None):
     done = []
     for epoch in range(first_epoch, config["runner.epochs"]):
         record, _ = run_epoch(engine, engine.train_step, dataset, config["runner.train_batch_size"], epoch,
-                              config["runner.print_interval"], shard, gather)
+                              config["runner.print_interval"], shard, gather, curves)
+        record = {"epoch": epoch, "run": run, **record}
         log_record("epoch", record)
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
         saved = checkpoint.save(save_root, epoch, lambda folder: checkpoint.write_checkpoint(engine, folder, export),
-                                mode=engine.mode)
+                                mode=engine.mode, run=run, record=records.clean(record))
         log.info("saved checkpoint %s", saved)
-        records.append(metrics_file, record)
+        records.put(metrics_file, record)
         done.append(record)
+    left = [e for e in earlier if e >= config["runner.epochs"]]
+    if left:
+        log.info("checkpoints of epochs %s (past runner.epochs=%d) remain in %s from an earlier run, with their "
+                 "lines in %s, whose run is not %s", _epochs(left), config["runner.epochs"], save_root,
+                 records.TRAIN, run)
+    if curves is not None:
+        curves.close()
     return done
+
+
+def _epochs(epochs):
+    return ", ".join(map(str, epochs))
 
 
 def infer(config, package, mode="dygraph", shard=Shard(), gather=None):
     """tools/infer.py and tools/static_infer.py: evaluates the checkpoints of epochs infer_start_epoch
-    .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each.
+    .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each (replacing the line of
+    an epoch evaluated before; `run` names the training run of the checkpoint evaluated).
     Returns [(record, predictions)] per epoch (see run_epoch)."""
     config.require("runner.test_data_dir", by="infer")
     load_root = config["runner.infer_load_path"] or config["runner.model_save_path"]
@@ -145,12 +241,16 @@ def infer(config, package, mode="dygraph", shard=Shard(), gather=None):
     dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
     engine = ENGINES[mode](config, package, train=False)
     metrics_file = os.path.join(output_folder(config), records.INFER)
+    curves = curves_for(config, "infer", records.new_run())
     results = []
     for epoch, folder in zip(epochs, folders):
         checkpoint.load_checkpoint(engine, folder, "runner.infer_load_path", False)
         record, predictions = run_epoch(engine, engine.eval_step, dataset, config["runner.infer_batch_size"], epoch,
-                                        config["runner.print_interval"], shard, gather)
+                                        config["runner.print_interval"], shard, gather, curves)
+        record = {"epoch": epoch, "run": records.checkpoint_run(folder), **record}  # which training run's
         log_record("infer epoch", record)
-        records.append(metrics_file, record)
+        records.put(metrics_file, record)  # an epoch evaluated again replaces its line
         results.append((record, predictions))
+    if curves is not None:
+        curves.close()
     return results

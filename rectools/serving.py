@@ -11,8 +11,9 @@ import paddle
 
 from . import checkpoint
 from .data import epoch_batches, reader
-from .engines import dygraph_mode, dygraph_network
+from .engines import dygraph_mode, dygraph_network, place
 from .errors import ConfigError
+from .loops import Progress, expected_samples
 from .model_loader import model_module
 
 log = logging.getLogger("rectools")
@@ -110,7 +111,9 @@ def run_batch(predictor, feeds, outputs):
 
 def predict(config, package):
     """tools/predict.py: runner.predict_data_dir (default test_data_dir) scored by the exported model
-    into runner.predict_output (CSV: sample_id, then the folder's serving.OUTPUTS)."""
+    into runner.predict_output (CSV: sample_id, then the folder's serving.OUTPUTS), with progress
+    lines as training's (rectools.loops.Progress)."""
+    place(config)  # runner.use_gpu on a build without CUDA: the trainers' one-line error
     serving = serving_module(package)
     model_dir = config["runner.inference_model_dir"] or os.path.join(
         last_epoch_folder(config, "runner.inference_model_dir"), checkpoint.INFERENCE_DIR)
@@ -121,7 +124,7 @@ def predict(config, package):
     output = config["runner.predict_output"] or os.path.join(config["runner.model_save_path"], "predictions.csv")
     if os.path.isdir(output):
         raise ConfigError(f"runner.predict_output: {output} is a folder; name the file to write")
-    count = 0
+    progress = Progress("predict", config["runner.print_interval"], expected_samples(dataset))
     with checkpoint.atomic_file(output) as f:
         f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
         for batch in epoch_batches(dataset, config["runner.infer_batch_size"]):
@@ -130,6 +133,7 @@ def predict(config, package):
             table[:, 0] = batch["sample_id"]
             table[:, 1:] = np.column_stack(values)
             np.savetxt(f, table, fmt=["%d"] + ["%.7g"] * len(values), delimiter=",")
-            count += len(table)
-    log.info("wrote %d predictions of %s to %s", count, model_dir, output)
+            if progress.due(len(table)):
+                progress.line({"samples": progress.samples})
+    log.info("wrote %d predictions of %s to %s", progress.samples, model_dir, output)
     return output

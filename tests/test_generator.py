@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -58,3 +59,42 @@ def test_a_non_empty_output_folder_is_refused(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2 and "--force" in result.stderr
     assert (tmp_path / "keep.txt").read_text() == "data"
+
+
+def test_real_shape_lines_have_the_real_data_s_size_and_id_layout(tmp_path):
+    def run(out, *args):
+        return subprocess.run([sys.executable, GENERATOR, "--shape", "real", "--out", str(out), "--train", "300",
+                               "--test", "20", "--users", "40", "--items", "60", *args], capture_output=True, text=True)
+
+    assert run(tmp_path / "a", "--md5", "--seed", "3").returncode == 0
+    assert run(tmp_path / "b", "--md5", "--seed", "3").returncode == 0
+    assert (tmp_path / "a" / "train" / "part-00000.txt").read_bytes() == (tmp_path / "b" / "train" / "part-00000.txt").read_bytes()
+    with open(tmp_path / "a" / "meta.json") as f:
+        meta = json.load(f)
+    assert meta["sparse_feature_number"] == 737946 and not (tmp_path / "a" / "truth").exists()
+    ranges = meta["id_ranges"]
+    assert max(hi for _, hi in ranges.values()) == 737945
+    with open(tmp_path / "a" / "train" / "part-00000.txt") as f:
+        lines = [line.rstrip("\n").split(",") for line in f]
+    assert len(lines) == 300 and [int(cols[0]) for cols in lines] == list(range(1, 301))
+    for cols in lines:
+        assert len(cols[3]) == 32 and int(cols[3], 16) >= 0  # the md5 column
+        counts = {}
+        for token in cols[4:]:
+            field, feat = token.split(":")
+            assert ranges[field][0] <= int(feat) <= ranges[field][1]
+            counts[field] = counts.get(field, 0) + 1
+        assert all(100 <= counts[f] <= 330 for f in ("109_14", "110_14", "127_14", "150_14"))
+    assert 700 < sum(len(cols) for cols in lines) / len(lines) < 1100  # ~880 tokens a line
+    # the reader's two parsers agree on them (md5 column, 6-digit ids, long behaviour fields)
+    from test_reader import reader_module
+    from conftest import model_config
+    config = model_config(["hyper_parameters.sparse_feature_number=737946", "runner.cache_dir=none"])
+    args = config["hyper_parameters.fields"], 3, 737946
+    path = str(tmp_path / "a" / "train" / "part-00000.txt")
+    for first, block in reader_module.read_blocks(path, 1 << 20, 8192):
+        fast, fast_counts = reader_module.BlockParser(*args).parse(block)
+        reference, counts = reader_module.LineParser(*args).parse(block, path, first)
+        assert fast_counts == counts and all(np.array_equal(fast[k], reference[k]) for k in reference)
+    refused = run(tmp_path / "c", "--selection-bias", "0.3")
+    assert refused.returncode == 2 and "selection_bias does not apply to shape 'real'" in refused.stderr

@@ -1,13 +1,14 @@
 import gzip
 import logging
 import os
+import threading
 
 import numpy as np
 import pytest
 
 from conftest import model_config, write_lines
 from rectools import model_loader
-from rectools.data import batches
+from rectools.data import background, batches, process_map
 from rectools.errors import DataError
 
 from conftest import MODEL_DIR
@@ -15,9 +16,11 @@ from conftest import MODEL_DIR
 reader_module = model_loader.model_module(model_loader.import_model_package(MODEL_DIR), "escm_reader", "test")
 
 
-def read(paths, *overrides):
-    config = model_config(["hyper_parameters.sparse_feature_number=1000000", "hyper_parameters.max_len=3", *overrides])
-    chunks = list(reader_module.RecDataset(paths, config, chunk_lines=4).chunks())
+def read(paths, *overrides, processes=0, chunk_lines=4):
+    """Every array of the files, read as training reads them, without a cache."""
+    config = model_config(["hyper_parameters.sparse_feature_number=1000000", "hyper_parameters.max_len=3",
+                           "runner.cache_dir=none", *overrides])
+    chunks = list(reader_module.RecDataset(paths, config, chunk_lines=chunk_lines, processes=processes).chunks())
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}, config
 
 
@@ -46,8 +49,9 @@ def test_real_lines_keep_every_token_from_the_fourth_column(shared_lines):
 
 def test_max_len_truncation_is_counted_once_per_file(shared_lines, caplog):
     caplog.set_level(logging.INFO)
-    config = model_config(["hyper_parameters.sparse_feature_number=1000000", "hyper_parameters.max_len=3"])
-    dataset = reader_module.RecDataset([shared_lines], config)
+    config = model_config(["hyper_parameters.sparse_feature_number=1000000", "hyper_parameters.max_len=3",
+                           "runner.cache_dir=none"])
+    dataset = reader_module.RecDataset([shared_lines], config, processes=0)
     for _ in range(2):  # two epochs, one report
         list(dataset.chunks())
     reports = [r.getMessage() for r in caplog.records if "beyond max_len=3" in r.getMessage()]
@@ -130,10 +134,220 @@ def test_non_utf8_bytes_are_a_data_error_on_their_line(tmp_path):
 def test_batches_recut_chunks_without_losing_samples(tmp_path):
     paths = [write_lines(str(tmp_path / f"{name}.txt"), [f"{i},0,0,101:{i + 1}" for i in range(start, start + 7)])
              for name, start in (("a", 0), ("b", 7))]
-    config = model_config(["hyper_parameters.sparse_feature_number=100"])
-    dataset = reader_module.RecDataset(paths, config, chunk_lines=3)
+    config = model_config(["hyper_parameters.sparse_feature_number=100", "runner.cache_dir=none"])
+    dataset = reader_module.RecDataset(paths, config, chunk_lines=3, processes=0)
     sizes, ids = [], []
     for batch in batches(dataset.chunks(), 5):
         sizes.append(len(batch["click"]))
         ids.extend(batch["sample_id"])
     assert sizes == [5, 5, 4] and ids == list(range(14))
+
+
+# ----------------------------------------------------------------------------- the two parsers agree
+
+FIELDS_CONFIG = ["hyper_parameters.sparse_feature_number=10000000000000"]
+MD5 = "0123456789abcdef0123456789ABCDEF"
+
+
+def fixture_bytes(name, shared):
+    """The text of each parity fixture (bytes of a whole file)."""
+    plain = {
+        "md5": f"7,1,0,{MD5},101:5,205:9\n8,0,0,{MD5},101:6\n9,1,1,{MD5}\n".encode(),
+        "crlf": b"1,1,0,101:3,205:4\r\n2,0,0,101:4\r\n",
+        "blank lines": b"\n1,1,1,101:3\n\n\n2,0,0,101:4\n\n",
+        "truncation": b"1,0,0," + b",".join(b"109_14:%d" % i for i in range(1, 40)) + b",101:7,210:1,210:2,210:3,210:4\n",
+        "unknown fields": b"1,0,0,999:4,101:1,999:x y,:5,abc_def:7\n2,0,0,998:3\n",
+        "fields split in a line": b"1,0,0,101:1,205:2,101:3,205:4,101:5,101:6,101:7\n",
+        "long and padded numbers": b"123456789012345,1,0,101:1234567890123,205:007,210:000000000000001\n",
+        "no features, last line unterminated": b"5,0,0\n6,1,0,101:2",
+        "bom": b"\xef\xbb\xbf1,0,0,101:1\n2,0,0,101:2\n",
+    }
+    irregular = {  # outside the fast grammar: the reference parses these blocks
+        "whitespace-only line": b"1,0,0,101:1\n \t \n2,0,0,101:2\n",
+        "sample_id of 19 digits": b"9223372036854775807,0,0,101:1\n",
+        "lone CR": b"1,0,0,101:1\r\r\n2,0,0,101:2\n",
+        "non-ASCII field": "1,0,0,fé:1,101:2\n".encode(),
+        "field name over 8 bytes": b"1,0,0,123456789:1,101:2\n",
+    }
+    if name == "real lines":
+        with open(shared, "rb") as f:
+            return f.read(), True
+    return (plain[name], True) if name in plain else (irregular[name], False)
+
+
+PARITY_FIXTURES = ["real lines", "md5", "crlf", "blank lines", "truncation", "unknown fields",
+                   "fields split in a line", "long and padded numbers", "no features, last line unterminated", "bom",
+                   "whitespace-only line", "sample_id of 19 digits", "lone CR", "non-ASCII field",
+                   "field name over 8 bytes"]
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("max_len", [3, 400])
+@pytest.mark.parametrize("name", PARITY_FIXTURES)
+def test_vectorised_parser_gives_the_reference_arrays_and_counts(tmp_path, request, name, max_len, compress):
+    shared = request.getfixturevalue("shared_lines") if name == "real lines" else None
+    text, fast_grammar = fixture_bytes(name, shared)
+    path = str(tmp_path / ("data.txt.gz" if compress else "data.txt"))
+    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+        f.write(text)
+    config = model_config([*FIELDS_CONFIG, f"hyper_parameters.max_len={max_len}", "runner.cache_dir=none"])
+    fields, vocab = config["hyper_parameters.fields"], config["hyper_parameters.sparse_feature_number"]
+    fast = reader_module.BlockParser(fields, max_len, vocab)
+    reference = reader_module.LineParser(fields, max_len, vocab)
+    blocks = list(reader_module.read_blocks(path, 64, 2))  # several blocks of at most two lines
+    assert sum(block.count(b"\n") for _, block in blocks) == text.count(b"\n") + (not text.endswith(b"\n"))
+    used_fast = 0
+    for first_line, block in blocks:
+        expected, expected_counts = reference.parse(block, path, first_line)
+        try:
+            arrays, counts = fast.parse(block)
+            used_fast += 1
+        except reader_module.Irregular:
+            continue
+        assert counts == expected_counts, (first_line, block)
+        for key in expected:
+            assert arrays[key].dtype == expected[key].dtype and np.array_equal(arrays[key], expected[key]), key
+    assert used_fast == len(blocks) if fast_grammar else used_fast < len(blocks)
+    # the reader as training uses it (blocks of many lines) gives the reference's arrays
+    dataset = reader_module.RecDataset([path], config, processes=0)
+    got = list(dataset.chunks())
+    expected = [reference.parse(block, path, first)[0] for first, block in blocks]
+    for key in ("ids", "click", "buy", "sample_id"):
+        assert np.array_equal(np.concatenate([c[key] for c in got]), np.concatenate([e[key] for e in expected])), key
+
+
+def test_a_sample_id_beyond_64_bits_is_a_data_error(tmp_path):
+    path = write_lines(str(tmp_path / "a.txt"), ["1,0,0,101:1", f"{2 ** 63},0,0,101:1"])
+    with pytest.raises(DataError, match=f"^{path}:2: sample_id {2 ** 63} does not fit a signed 64-bit integer"):
+        read([path])
+    path = write_lines(str(tmp_path / "b.txt"), [f"{2 ** 63 - 1},0,0,101:1"])
+    assert read([path])[0]["sample_id"][0] == 2 ** 63 - 1
+
+
+def test_a_byte_order_mark_at_the_start_is_skipped(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf17,1,0,101:3\n18,0,0,101:4\n")
+    data, _ = read([str(path)])
+    assert list(data["sample_id"]) == [17, 18]
+
+
+def test_a_bad_line_far_into_a_file_is_named_by_the_worker_processes(tmp_path):
+    lines = [f"{i},0,0,101:{i % 50 + 1},205:3" for i in range(1, 30001)]
+    lines[23456] = "23457,0,0,101:5,205:x"
+    path = write_lines(str(tmp_path / "big.txt"), lines)
+    with pytest.raises(DataError) as error:
+        read([path], processes=2, chunk_lines=1000)
+    assert str(error.value) == f"{path}:23457: feature id of field 205 is not a non-negative integer: 'x'"
+
+
+def damaged_gzip(tmp_path, kind):
+    lines = "".join(f"{i},0,0,101:{i % 50 + 1},205:{i % 7 + 1}\n" for i in range(1, 200001)).encode()
+    data = gzip.compress(lines, mtime=0)
+    path = tmp_path / "part.txt.gz"
+    if kind == "cut short":
+        data = data[:len(data) // 2]
+    elif kind == "plain text named .gz":
+        data = lines
+    elif kind == "flipped byte in its checksum":
+        data = data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:]
+    path.write_bytes(data)
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("cut short", r"not readable as gzip after line \d+ \(the last line read whole\): Compressed file ended"),
+    ("plain text named .gz", "not readable as gzip at its start: Not a gzipped file"),
+    ("flipped byte in its checksum", r"not readable as gzip after line \d+ \(the last line read whole\): CRC check"),
+])
+def test_a_damaged_gzip_file_is_one_data_error(tmp_path, kind, message):
+    path = damaged_gzip(tmp_path, kind)
+    with pytest.raises(DataError, match=f"^{path}:\\d+: {message}"):
+        read([path], chunk_lines=8192)
+
+
+def test_a_flipped_byte_inside_gzip_data_is_a_data_error_naming_the_file(tmp_path):
+    path = tmp_path / "part.txt.gz"
+    data = bytearray(gzip.compress("".join(f"{i},0,0,101:{i % 50 + 1}\n" for i in range(1, 50001)).encode(), mtime=0))
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"^{path}:\\d+: "):  # a gzip error, or the garbled line's own
+        read([str(path)], chunk_lines=8192)
+
+
+# ----------------------------------------------------------------------------- prefetching
+
+def test_prefetched_batches_are_the_same_batches_in_the_same_order(tmp_path):
+    paths = [write_lines(str(tmp_path / f"{name}.txt"), [f"{i},{i % 2},0,101:{i + 1},210:{i % 9 + 1}"
+                                                          for i in range(start, start + 1000)])
+             for name, start in (("a", 0), ("b", 1000))]
+    config = model_config(["hyper_parameters.sparse_feature_number=5000", "runner.cache_dir=none"])
+    dataset = reader_module.RecDataset(paths, config, chunk_lines=300, processes=0)
+    plain = list(batches(dataset.chunks(), 128, prefetch=0))
+    ahead = list(batches(dataset.chunks(), 128, prefetch=3))
+    assert len(plain) == len(ahead) == 16
+    for x, y in zip(plain, ahead):
+        for key in x:
+            assert np.array_equal(x[key], y[key])
+    assert list(np.concatenate([b["sample_id"] for b in ahead])) == list(range(2000))
+
+
+def test_an_error_of_the_producer_reaches_the_consumer_after_the_items_before_it():
+    error = DataError("f.txt", 7, "bad")
+
+    def produce():
+        yield 1
+        yield 2
+        raise error
+
+    got = []
+    with pytest.raises(DataError) as caught:
+        for item in background(produce(), 1):
+            got.append(item)
+    assert got == [1, 2] and caught.value is error
+
+
+def test_a_consumer_that_stops_early_closes_the_producer():
+    closed, threads = threading.Event(), set()
+
+    def produce():
+        try:
+            for i in range(1000):
+                threads.add(threading.current_thread().name)
+                yield i
+        finally:
+            closed.set()
+
+    for item in background(produce(), 2):
+        if item == 3:
+            break
+    assert closed.is_set() and threads == {"prefetch"}
+
+
+def _square_or_fail(x):
+    if x == 5:
+        raise DataError("f.txt", x, "five")
+    return x * x
+
+
+def test_process_map_keeps_order_and_raises_the_workers_error():
+    assert list(process_map(_square_or_fail, range(5), processes=2)) == [0, 1, 4, 9, 16]
+    got = []
+    with pytest.raises(DataError, match="^f.txt:5: five$"):
+        for value in process_map(_square_or_fail, range(10), processes=2, ahead=3):
+            got.append(value)
+    assert got == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.parametrize("vocab", [737946, 100000000, 100000001])
+def test_ids_at_the_vocabulary_bound_take_the_same_path_in_both_parsers(tmp_path, vocab):
+    config = model_config([f"hyper_parameters.sparse_feature_number={vocab}", "runner.cache_dir=none"])
+    fields = config["hyper_parameters.fields"]
+    fast, reference = reader_module.BlockParser(fields, 3, vocab), reader_module.LineParser(fields, 3, vocab)
+    block = f"1,0,0,101:{vocab - 1},205:0,210:7,210:{vocab - 2},210:{vocab - 1},210:5\n2,1,0,101:1\n".encode()
+    arrays, counts = fast.parse(block)
+    expected, expected_counts = reference.parse(block, "a.txt", 1)
+    assert counts == expected_counts and all(np.array_equal(arrays[k], expected[k]) for k in expected)
+    with pytest.raises(reader_module.Irregular):
+        fast.parse(f"1,0,0,101:1,210:{vocab}\n".encode())  # the reference names it: out of range
+    with pytest.raises(DataError, match=f"feature id {vocab} of field 210 is outside"):
+        reference.parse(f"1,0,0,101:1,210:{vocab}\n".encode(), "a.txt", 1)

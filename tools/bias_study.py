@@ -7,10 +7,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, model_loader  # noqa: E402
+from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's frame)
 
 
 def main(suite_path, overrides):
+    from rectools import model_loader
     study = model_loader.study_module(suite_path, overrides)
     study.run(study.load_suite(suite_path, overrides))
 

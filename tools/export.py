@@ -4,10 +4,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, model_loader, serving  # noqa: E402
+from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's frame)
 
 
 def main(config_path, overrides):
+    from rectools import model_loader, serving
     serving.export_checkpoint(*model_loader.load(config_path, overrides))
 
 

@@ -4,10 +4,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, loops, model_loader  # noqa: E402
+from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's frame)
 
 
 def main(config_path, overrides):
+    from rectools import loops, model_loader
     loops.infer(*model_loader.load(config_path, overrides), mode="static")
 
 

@@ -38,23 +38,32 @@ Layout of --out DIR
 
 Same arguments give identical bytes (gzip members carry no name and mtime 0).
 
+--shape real writes lines of the real data's shape instead, for measuring readers and training at
+scale: ~880 tokens a line (four behaviour fields of 100-330 ids each), per-field id ranges shaped
+like Ali-CCP's under PaddleRec's sparse_feature_number 737946, an optional md5 column (--md5),
+labels drawn at the target CTR and CVR. It skips the world and the truth (no truth/ folder): a
+million lines (~12 GB) take a few minutes, mostly writing.
+
 Usage
   python datasets/synthetic/generate.py --out DIR --train 30000 --test 10000 --seed 0 \
       --selection-bias 0.5 --ctr 0.04 --cvr 0.05 [--gzip] [--force]
+  python datasets/synthetic/generate.py --shape real --out DIR --train 200000 --test 1000 [--md5]
 """
 import argparse
 import gzip as gzip_module
+import hashlib
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from rectools.checkpoint import atomic_folder  # noqa: E402  outputs appear whole or not at all
+from rectools.config import Key  # noqa: E402  one way of declaring and checking a parameter
+from rectools.errors import ConfigError  # noqa: E402
 from rectools.metrics import auc  # noqa: E402  the project's one exact AUC
 
 FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126",
@@ -93,10 +102,6 @@ TASTE_STRENGTH = 1.5        # how strongly demographics steer a user's behaviour
 CHUNK_ROWS = 100_000
 
 
-class GeneratorError(Exception):
-    pass
-
-
 # ----------------------------------------------------------------------------- small helpers
 
 def _sigmoid(x):
@@ -119,7 +124,7 @@ def _bisect(f, target, what, lo=-60.0, hi=60.0, steps=100):
             hi = mid
     x = 0.5 * (lo + hi)
     if abs(f(x) - target) > 1e-6 * max(target, 1e-3):
-        raise GeneratorError(f"cannot calibrate the {what} to {target} (reached {f(x):.6g}); "
+        raise ConfigError(f"cannot calibrate the {what} to {target} (reached {f(x):.6g}); "
                              f"lower the signal strength")
     return x
 
@@ -473,44 +478,217 @@ def _write_split(out_dir, name, compress, rows, world, user_blocks, item_blocks,
         _close_out(truth)
 
 
+# ----------------------------------------------------------------------------- the real line shape
+
+# --shape real: lines of the real data's shape and id layout, for measuring readers and training
+# at scale. Each field owns a range of ids as large as Ali-CCP's fields are (orders of magnitude:
+# user, item, shop and brand ids dominate), adding up to PaddleRec's sparse_feature_number; the four
+# behaviour fields of a user hold 100-350 ids each, so a line has ~900 tokens like the real ones.
+# Labels are Bernoulli draws at the target CTR and CVR: no truth is written for this shape.
+REAL_CARDINALITY = {"101": 150000, "109_14": 6500, "110_14": 110000, "127_14": 55000, "150_14": 30000,
+                    "121": 98, "122": 14, "124": 3, "125": 8, "127": 4, "128": 3, "129": 5,
+                    "205": None, "206": 6400, "207": 70000, "210": 36000, "216": 25000,
+                    "508": 5100, "509": 17000, "702": 5200, "853": 8400, "301": 4}  # 205 takes the rest
+REAL_VOCABULARY = 737946  # PaddleRec's sparse_feature_number for Ali-CCP
+REAL_BEHAVIOUR_LEN = (100, 330)  # ~880 tokens a line on average, like the real lines
+REAL_INTENTION_LEN = (1, 5)
+REAL_ITEM_FIELDS = ("205", "206", "207", "216")
+REAL_USER_FIELDS = ("101", "121", "122", "124", "125", "127", "128", "129")
+REAL_CONTEXT_CROSS = ("301", "508", "509", "702", "853")
+REAL_CHUNK_ROWS = 2000
+
+
+def _real_layout():
+    """Field -> (first id, last id), ids from 1 in FIELDS order, the item ids (205) taking what the
+    other fields leave below REAL_VOCABULARY."""
+    rest = REAL_VOCABULARY - 1 - sum(k for k in REAL_CARDINALITY.values() if k)
+    ranges, nxt = {}, 1
+    for f in FIELDS:
+        if f in REAL_CARDINALITY:
+            size = REAL_CARDINALITY[f] or rest
+            ranges[f] = (nxt, nxt + size - 1)
+            nxt += size
+    return ranges
+
+
+def _real_tokens(rng, ranges, field, count):
+    lo, hi = ranges[field]
+    return [f"{field}:{v}" for v in rng.integers(lo, hi + 1, size=count).tolist()]
+
+
+def _write_real(out_dir, a):
+    """The lines of --shape real into out_dir; returns meta."""
+    rng = np.random.Generator(np.random.PCG64(a["seed"]))
+    ranges = _real_layout()
+    users = []
+    for u in range(a["n_users"]):
+        tokens = [t for f in REAL_USER_FIELDS for t in _real_tokens(rng, ranges, f, 1)]
+        for f in BEHAVIOUR_FIELDS:
+            tokens += _real_tokens(rng, ranges, f, int(rng.integers(REAL_BEHAVIOUR_LEN[0], REAL_BEHAVIOUR_LEN[1] + 1)))
+        md5 = hashlib.md5(f"{a['seed']}:{u}".encode()).hexdigest() + "," if a["md5"] else ""
+        users.append((md5, "," + ",".join(tokens)))
+    items = [",".join(_real_tokens(rng, ranges, "210", int(rng.integers(REAL_INTENTION_LEN[0], REAL_INTENTION_LEN[1] + 1)))
+                      + [t for f in REAL_ITEM_FIELDS for t in _real_tokens(rng, ranges, f, 1)])
+             for _ in range(a["n_items"])]
+    ext = ".gz" if a["gzip"] else ""
+    meta = {"format": "sample_id,click,buy[,md5],field:feat,... (PaddleRec Ali-CCP lines, no header)",
+            "shape": "real", "arguments": _data_arguments(a, "real"), "fields": list(FIELDS),
+            "absent_fields": list(ABSENT_FIELDS), "sparse_feature_number": REAL_VOCABULARY,
+            "id_ranges": {f: list(r) for f, r in ranges.items()},
+            "files": {"train": f"train/part-00000.txt{ext}", "test": f"test/part-00000.txt{ext}"}, "splits": {}}
+    first_id = 1
+    for name, rows in (("train", a["n_train"]), ("test", a["n_test"])):
+        os.makedirs(os.path.join(out_dir, name))
+        out = _open_out(os.path.join(out_dir, name, "part-00000.txt" + ext), a["gzip"])
+        clicks = buys = 0
+        try:
+            for lo in range(0, rows, REAL_CHUNK_ROWS):
+                n = min(REAL_CHUNK_ROWS, rows - lo)
+                user = rng.integers(0, len(users), size=n).tolist()
+                item = rng.integers(0, len(items), size=n).tolist()
+                click = rng.random(n) < a["ctr"]
+                buy = click & (rng.random(n) < a["cvr"])
+                clicks, buys = clicks + int(click.sum()), buys + int(buy.sum())
+                extra = [rng.integers(ranges[f][0], ranges[f][1] + 1, size=n).tolist() for f in REAL_CONTEXT_CROSS]
+                lines = [f"{first_id + lo + k},{int(click[k])},{int(buy[k])},{users[u][0]}{items[i]},"
+                         + ",".join(f"{f}:{col[k]}" for f, col in zip(REAL_CONTEXT_CROSS, extra)) + users[u][1]
+                         for k, (u, i) in enumerate(zip(user, item))]
+                out.write(("\n".join(lines) + "\n").encode())
+        finally:
+            _close_out(out)
+        meta["splits"][name] = {"rows": rows, "clicks": clicks, "buys": buys,
+                                "first_sample_id": first_id if rows else None,
+                                "last_sample_id": first_id + rows - 1 if rows else None}
+        first_id += rows
+    return meta
+
+
+# ----------------------------------------------------------------------------- parameters
+
+def _attribute_sizes(value):
+    """attribute_sizes: {field: cardinality} of user attribute fields, merged over the defaults."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"attribute_sizes must be a dict of field: size, got {value!r}")
+    for f, k in value.items():
+        if f not in DEFAULT_ATTRIBUTE_SIZES:
+            raise ConfigError(f"attribute_sizes: unknown field {f!r} (known: {', '.join(DEFAULT_ATTRIBUTE_SIZES)})")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ConfigError(f"attribute_sizes[{f!r}] must be a positive integer")
+    return dict(sorted({**DEFAULT_ATTRIBUTE_SIZES, **value}.items()))
+
+
+TRUTH, REAL = ("truth",), ("real",)
+BOTH = TRUTH + REAL
+# Every parameter once: its keyword in generate() (and name in meta.json), the shapes it applies
+# to, its command-line flag; type, default, bounds and meaning as a rectools Key, which checks it.
+PARAMETERS = [
+    (Key("n_train", "int", 30000, "training impressions", minimum=1), BOTH, "--train"),
+    (Key("n_test", "int", 10000, "test impressions", minimum=0), BOTH, "--test"),
+    (Key("seed", "int", 0, "random seed", minimum=0), BOTH, "--seed"),
+    (Key("selection_bias", "float", 0.5,
+         "rho, correlation of the CVR score with the CTR score (0 = none, 0.9 = strong)", minimum=0, maximum=1),
+     TRUTH, "--selection-bias"),
+    (Key("ctr", "float", 0.04, "target mean true CTR, in (0, 1)"), BOTH, "--ctr"),
+    (Key("cvr", "float", 0.05, "target conversion rate among clicks, in (0, 1)"), BOTH, "--cvr"),
+    (Key("gzip", "bool", False, "write .txt.gz / .csv.gz"), BOTH, "--gzip"),
+    (Key("ctr_signal", "float", 0.9, "scale of the standardised CTR score on the logit", minimum=0),
+     TRUTH, "--ctr-signal"),
+    (Key("cvr_signal", "float", 0.9, "scale of the standardised CVR score on the logit", minimum=0),
+     TRUTH, "--cvr-signal"),
+    (Key("latent_dim", "int", 8, "size of the latent vectors", minimum=1), TRUTH, "--latent-dim"),
+    (Key("n_users", "int", 2000, "users", minimum=1), BOTH, "--users"),
+    (Key("n_items", "int", 5000, "items", minimum=1), BOTH, "--items"),
+    (Key("n_categories", "int", 50, "item categories", minimum=1), TRUTH, "--categories"),
+    (Key("n_shops", "int", 200, "shops", minimum=1), TRUTH, "--shops"),
+    (Key("n_brands", "int", 100, "brands", minimum=1), TRUTH, "--brands"),
+    (Key("n_intentions", "int", 30, "purchase intentions (field 210)", minimum=1), TRUTH, "--intentions"),
+    (Key("cross_buckets", "int", 500, "ids per cross field (508 509 702 853)", minimum=2), TRUTH, "--cross-buckets"),
+    (Key("attribute_sizes", "dict", {}, "cardinality of user attribute fields"), TRUTH, "--attribute-size"),
+    (Key("targeted_share", "float", 0.3, "share of impressions whose item comes from the user's behaviour categories",
+         minimum=0, maximum=1), TRUTH, "--targeted-share"),
+    (Key("user_zipf", "float", 0.7, "popularity skew of users", minimum=0), TRUTH, "--user-zipf"),
+    (Key("item_zipf", "float", 0.9, "popularity skew of items", minimum=0), TRUTH, "--item-zipf"),
+    (Key("md5", "bool", False, "write a 32-hex-digit common-feature column before the features"), REAL, "--md5"),
+]
+SHAPES = {"truth": "the generator's world with true CTR and CVR per impression (small lines)",
+          "real": "lines of the real data's shape (~900 tokens, Ali-CCP's id layout), no truth"}
+
+
+def _checked(shape, given):
+    """Every parameter of `shape`: given values checked, defaults for the rest."""
+    known = {key.name: (key, shapes) for key, shapes, _ in PARAMETERS}
+    for name in given:
+        if name not in known:
+            raise ConfigError(f"unknown parameter {name}")
+        if shape not in known[name][1]:
+            raise ConfigError(f"{name} does not apply to shape {shape!r}")
+    a = {}
+    for key, shapes, _ in PARAMETERS:
+        if shape in shapes:
+            value = given.get(key.name, key.default)
+            a[key.name] = _attribute_sizes(value) if key.type == "dict" else key.check(value, "generate")
+    for name in ("ctr", "cvr"):
+        if not 0 < a[name] < 1:
+            raise ConfigError(f"generate: {name} must be in (0, 1), got {a[name]}")
+    return a
+
+
+def _data_arguments(a, shape):
+    """The arguments recorded in meta.json, in PARAMETERS order."""
+    return {key.name: a[key.name] for key, shapes, _ in PARAMETERS if shape in shapes}
+
+
 # ----------------------------------------------------------------------------- entry points
 
-def generate(out_dir, n_train, n_test, seed=0, selection_bias=0.5, ctr=0.04, cvr=0.05, gzip=False,
-             force=False, ctr_signal=0.9, cvr_signal=0.9, latent_dim=8, n_users=2000, n_items=5000,
-             n_categories=50, n_shops=200, n_brands=100, n_intentions=30, cross_buckets=500,
-             attribute_sizes=None, targeted_share=0.3, user_zipf=0.7, item_zipf=0.9):
-    """Write the data set into out_dir (atomically) and return its meta dict."""
-    attribute_sizes = {**DEFAULT_ATTRIBUTE_SIZES, **(attribute_sizes or {})}
-    arguments = {"n_train": n_train, "n_test": n_test, "seed": seed, "selection_bias": selection_bias,
-                 "ctr": ctr, "cvr": cvr, "gzip": bool(gzip), "ctr_signal": ctr_signal, "cvr_signal": cvr_signal,
-                 "latent_dim": latent_dim, "n_users": n_users, "n_items": n_items,
-                 "n_categories": n_categories, "n_shops": n_shops, "n_brands": n_brands,
-                 "n_intentions": n_intentions, "cross_buckets": cross_buckets,
-                 "attribute_sizes": dict(sorted(attribute_sizes.items())), "targeted_share": targeted_share,
-                 "user_zipf": user_zipf, "item_zipf": item_zipf}
-    _validate(arguments)
+def generate(out_dir, shape="truth", force=False, **parameters):
+    """Write a data set into out_dir (whole or not at all) and return its meta dict.
+
+    `parameters`: keywords of PARAMETERS for the shape ("truth": the world with ground truth,
+    "real": lines of the real shape). Raises ConfigError for a bad parameter or an out_dir that
+    exists and is not empty (unless force).
+    """
+    if shape not in SHAPES:
+        raise ConfigError(f"shape must be one of {', '.join(SHAPES)}, got {shape!r}")
+    a = _checked(shape, parameters)
     out_dir = os.path.abspath(out_dir)
     if os.path.lexists(out_dir):
         if not os.path.isdir(out_dir) or os.path.islink(out_dir):
-            raise GeneratorError(f"{out_dir} exists and is not a directory")
+            raise ConfigError(f"{out_dir} exists and is not a directory")
         if os.listdir(out_dir) and not force:
-            raise GeneratorError(f"{out_dir} exists and is not empty; pass --force (force=True) to replace it")
+            raise ConfigError(f"{out_dir} exists and is not empty; pass --force (force=True) to replace it")
+    if shape == "real":
+        with atomic_folder(out_dir) as tmp:
+            meta = _write_real(tmp, a)
+            _write_meta(tmp, meta)
+        return meta
+    return _generate_truth(out_dir, a)
 
+
+def _write_meta(folder, meta):
+    with open(os.path.join(folder, "meta.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+        f.write("\n")
+
+
+def _generate_truth(out_dir, a):
+    n_train, n_test, gzip = a["n_train"], a["n_test"], a["gzip"]
     n = n_train + n_test
     world_rng, imp_rng, out_rng, cross_rng = (np.random.Generator(np.random.PCG64(s))
-                                              for s in np.random.SeedSequence(seed).spawn(4))
-    sizes = {"users": n_users, "items": n_items, "categories": n_categories, "shops": n_shops,
-             "brands": n_brands, "intentions": n_intentions, "cross_buckets": cross_buckets, **attribute_sizes}
-    world = _World(world_rng, sizes, latent_dim, user_zipf, item_zipf)
-    user, item, context = _impressions(imp_rng, world, n, targeted_share)
+                                              for s in np.random.SeedSequence(a["seed"]).spawn(4))
+    sizes = {"users": a["n_users"], "items": a["n_items"], "categories": a["n_categories"], "shops": a["n_shops"],
+             "brands": a["n_brands"], "intentions": a["n_intentions"], "cross_buckets": a["cross_buckets"],
+             **a["attribute_sizes"]}
+    world = _World(world_rng, sizes, a["latent_dim"], a["user_zipf"], a["item_zipf"])
+    user, item, context = _impressions(imp_rng, world, n, a["targeted_share"])
     ctr_score, indep, category_match_rate, brand_match_rate = _scores(world, user, item, context)
-    rho = float(selection_bias)
+    rho = float(a["selection_bias"])
     cvr_score = rho * ctr_score + math.sqrt(max(1.0 - rho * rho, 0.0)) * indep
 
-    a = _bisect(lambda x: _sigmoid(x + ctr_signal * ctr_score).mean(), ctr, "mean true CTR")
-    ctr_logit = a + ctr_signal * ctr_score
+    ctr_signal, cvr_signal = a["ctr_signal"], a["cvr_signal"]
+    a_ = _bisect(lambda x: _sigmoid(x + ctr_signal * ctr_score).mean(), a["ctr"], "mean true CTR")
+    ctr_logit = a_ + ctr_signal * ctr_score
     true_ctr = _sigmoid(ctr_logit)
-    b = _bisect(lambda x: (true_ctr * _sigmoid(x + cvr_signal * cvr_score)).sum() / true_ctr.sum(), cvr,
+    b = _bisect(lambda x: (true_ctr * _sigmoid(x + cvr_signal * cvr_score)).sum() / true_ctr.sum(), a["cvr"],
                 "conversion rate among clicks")
     cvr_logit = b + cvr_signal * cvr_score
     true_cvr = _sigmoid(cvr_logit)
@@ -523,7 +701,7 @@ def generate(out_dir, n_train, n_test, seed=0, selection_bias=0.5, ctr=0.04, cvr
     splits = {"train": range(0, n_train), "test": range(n_train, n)}
     meta = {
         "format": "sample_id,click,buy,field:feat,... (PaddleRec Ali-CCP lines, no header)",
-        "arguments": arguments,
+        "arguments": _data_arguments(a, "truth"),
         "fields": list(FIELDS),
         "absent_fields": list(ABSENT_FIELDS),
         "sparse_feature_number": world.sparse_feature_number,
@@ -532,7 +710,7 @@ def generate(out_dir, n_train, n_test, seed=0, selection_bias=0.5, ctr=0.04, cvr
         "files": {"train": f"train/part-00000.txt{ext}", "test": f"test/part-00000.txt{ext}",
                   "truth_train": f"truth/train.csv{ext}", "truth_test": f"truth/test.csv{ext}"},
         "truth_columns": ["sample_id", "true_ctr", "true_cvr", "click", "potential_conversion"],
-        "calibration": {"ctr_intercept": a, "cvr_intercept": b,
+        "calibration": {"ctr_intercept": a_, "cvr_intercept": b,
                         "category_match_rate": category_match_rate, "brand_match_rate": brand_match_rate},
         "splits": {},
     }
@@ -543,24 +721,12 @@ def generate(out_dir, n_train, n_test, seed=0, selection_bias=0.5, ctr=0.04, cvr
                                 **_split_stats(true_ctr[s], true_cvr[s], ctr_logit[s], cvr_logit[s],
                                                click[s], conv[s])}
 
-    parent, base = os.path.split(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)   # mkdtemp makes it 0700
+    with atomic_folder(out_dir) as tmp:
         user_blocks, item_blocks = world.user_blocks(), world.item_blocks()
         for name, rows in splits.items():
             _write_split(tmp, name, gzip, rows, world, user_blocks, item_blocks, user, item, context,
                          cross_cols, true_ctr, true_cvr, click, conv, rows.start + 1)
-        with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2)
-            f.write("\n")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _write_meta(tmp, meta)
     return meta
 
 
@@ -576,52 +742,6 @@ def _max_ids(field):
     return 1
 
 
-def _replace_dir(tmp, out_dir):
-    if not os.path.exists(out_dir):
-        os.rename(tmp, out_dir)
-        return
-    if not os.listdir(out_dir):
-        os.rmdir(out_dir)
-        os.rename(tmp, out_dir)
-        return
-    parent, base = os.path.split(out_dir)
-    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-    os.rmdir(old)
-    os.rename(out_dir, old)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(old, out_dir)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _validate(a):
-    def need(ok, what):
-        if not ok:
-            raise GeneratorError(what)
-
-    for k in ("n_train", "n_test", "seed", "latent_dim", "n_users", "n_items", "n_categories", "n_shops",
-              "n_brands", "n_intentions", "cross_buckets"):
-        need(isinstance(a[k], (int, np.integer)) and not isinstance(a[k], bool), f"{k} must be an integer")
-    need(a["n_train"] >= 1, "n_train must be at least 1")
-    need(a["n_test"] >= 0, "n_test must be non-negative")
-    need(a["seed"] >= 0, "seed must be non-negative")
-    need(0.0 <= a["selection_bias"] <= 1.0, "selection_bias must be in [0, 1]")
-    need(0.0 < a["ctr"] < 1.0, "ctr must be in (0, 1)")
-    need(0.0 < a["cvr"] < 1.0, "cvr must be in (0, 1)")
-    need(a["ctr_signal"] >= 0 and a["cvr_signal"] >= 0, "signal strengths must be non-negative")
-    need(0.0 <= a["targeted_share"] <= 1.0, "targeted_share must be in [0, 1]")
-    need(a["user_zipf"] >= 0 and a["item_zipf"] >= 0, "zipf exponents must be non-negative")
-    for k in ("latent_dim", "n_users", "n_items", "n_categories", "n_shops", "n_brands", "n_intentions"):
-        need(a[k] >= 1, f"{k} must be at least 1")
-    need(a["cross_buckets"] >= 2, "cross_buckets must be at least 2")
-    for f, k in a["attribute_sizes"].items():
-        need(f in DEFAULT_ATTRIBUTE_SIZES, f"attribute_sizes: unknown field {f!r} "
-                                           f"(known: {', '.join(DEFAULT_ATTRIBUTE_SIZES)})")
-        need(isinstance(k, (int, np.integer)) and k >= 1, f"attribute_sizes[{f!r}] must be a positive integer")
-
-
 def _attribute_size(text):
     field, sep, value = text.partition("=")
     if not sep or field not in DEFAULT_ATTRIBUTE_SIZES or not value.isdigit():
@@ -632,52 +752,39 @@ def _attribute_size(text):
 
 def main(argv=None):
     p = argparse.ArgumentParser(
-        description="Write synthetic Ali-CCP-shaped impressions with their true CTR and CVR.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description="Write synthetic Ali-CCP-shaped impressions: with their true CTR and CVR (--shape truth), "
+                    "or lines of the real data's shape for speed measurements (--shape real).")
     p.add_argument("--out", required=True, help="output folder (must be absent or empty unless --force)")
-    p.add_argument("--train", type=int, default=30000, help="training impressions")
-    p.add_argument("--test", type=int, default=10000, help="test impressions")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--selection-bias", type=float, default=0.5,
-                   help="rho, correlation of the CVR score with the CTR score (0 = none, 0.9 = strong)")
-    p.add_argument("--ctr", type=float, default=0.04, help="target mean true CTR")
-    p.add_argument("--cvr", type=float, default=0.05, help="target conversion rate among clicks")
-    p.add_argument("--gzip", action="store_true", help="write .txt.gz / .csv.gz")
+    p.add_argument("--shape", choices=list(SHAPES), default="truth",
+                   help="; ".join(f"{k}: {v}" for k, v in SHAPES.items()) + " (default: truth)")
     p.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    p.add_argument("--ctr-signal", type=float, default=0.9, help="scale of the standardised CTR score on the logit")
-    p.add_argument("--cvr-signal", type=float, default=0.9, help="scale of the standardised CVR score on the logit")
-    p.add_argument("--latent-dim", type=int, default=8)
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=5000)
-    p.add_argument("--categories", type=int, default=50)
-    p.add_argument("--shops", type=int, default=200)
-    p.add_argument("--brands", type=int, default=100)
-    p.add_argument("--intentions", type=int, default=30)
-    p.add_argument("--cross-buckets", type=int, default=500, help="ids per cross field (508 509 702 853)")
-    p.add_argument("--attribute-size", type=_attribute_size, action="append", default=None, metavar="FIELD=N",
-                   help="cardinality of a user attribute field, repeatable; defaults " +
-                        " ".join(f"{k}={v}" for k, v in DEFAULT_ATTRIBUTE_SIZES.items()))
-    p.add_argument("--targeted-share", type=float, default=0.3,
-                   help="share of impressions whose item comes from the user's behaviour categories")
-    p.add_argument("--user-zipf", type=float, default=0.7, help="popularity skew of users")
-    p.add_argument("--item-zipf", type=float, default=0.9, help="popularity skew of items")
-    args = p.parse_args(argv)
+    for key, shapes, flag in PARAMETERS:
+        where = "" if shapes == BOTH else f" [--shape {shapes[0]} only]"
+        if key.type == "bool":
+            p.add_argument(flag, dest=key.name, action="store_true", default=None, help=key.doc + where)
+        elif key.type == "dict":
+            p.add_argument(flag, dest=key.name, type=_attribute_size, action="append", default=None,
+                           metavar="FIELD=N", help=f"{key.doc}, repeatable; defaults " +
+                           " ".join(f"{k}={v}" for k, v in DEFAULT_ATTRIBUTE_SIZES.items()) + where)
+        else:
+            p.add_argument(flag, dest=key.name, type={"int": int, "float": float}[key.type], default=None,
+                           help=f"{key.doc} (default: {key.default}){where}")
+    args = vars(p.parse_args(argv))
+    out, shape, force = args.pop("out"), args.pop("shape"), args.pop("force")
+    given = {k: (dict(v) if k == "attribute_sizes" else v) for k, v in args.items() if v is not None}
     start = time.perf_counter()
     try:
-        meta = generate(args.out, args.train, args.test, seed=args.seed, selection_bias=args.selection_bias,
-                        ctr=args.ctr, cvr=args.cvr, gzip=args.gzip, force=args.force,
-                        ctr_signal=args.ctr_signal, cvr_signal=args.cvr_signal, latent_dim=args.latent_dim,
-                        n_users=args.users, n_items=args.items, n_categories=args.categories,
-                        n_shops=args.shops, n_brands=args.brands, n_intentions=args.intentions,
-                        cross_buckets=args.cross_buckets, attribute_sizes=dict(args.attribute_size or []),
-                        targeted_share=args.targeted_share, user_zipf=args.user_zipf, item_zipf=args.item_zipf)
-    except GeneratorError as e:
+        meta = generate(out, shape=shape, force=force, **given)
+    except ConfigError as e:
         print(f"generate.py: error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {os.path.abspath(args.out)} in {time.perf_counter() - start:.1f}s, "
+    print(f"wrote {os.path.abspath(out)} in {time.perf_counter() - start:.1f}s, "
           f"sparse_feature_number={meta['sparse_feature_number']}")
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     for name, s in meta["splits"].items():
-        fmt = lambda x: "n/a" if x is None else f"{x:.4f}"
+        if shape == "real":
+            print(f"  {name}: rows={s['rows']} clicks={s['clicks']} buys={s['buys']}")
+            continue
         print(f"  {name}: rows={s['rows']} ctr={fmt(s['ctr'])} cvr|click={fmt(s['cvr_among_clicks'])} "
               f"true_cvr all={fmt(s['mean_true_cvr_all'])} clicked={fmt(s['mean_true_cvr_clicked'])} "
               f"auc ctr={fmt(s['oracle_auc_ctr'])} cvr|click={fmt(s['oracle_auc_cvr_clicked'])} "

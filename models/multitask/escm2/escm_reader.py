@@ -5,64 +5,206 @@
 Every token from the first feature column on is read. Some published copies carry a 32-hex-digit
 common-feature (md5) column before the features; it is recognised by its shape and skipped.
 Output: chunks of arrays, `ids` int64 [n, fields, max_len] (0 pads), `click`, `buy` int64 [n],
-`sample_id` int64 [n]. Files ending in .gz are read through gzip.
+`sample_id` int64 [n]. Files ending in .gz are read through gzip; a UTF-8 byte order mark at the
+start of a file is skipped; CRLF line ends are accepted.
+
+Two parsers give the same arrays and counts:
+  * `BlockParser`: vectorised over a block of whole lines (~2 MB) with numpy: separator positions;
+    the 8 bytes before each ':' name the field (a hash table); the 8 bytes ending each id are
+    checked as digits and against the vocabulary in a few word operations (SWAR); ranks of ids
+    within their field come from run lengths, and only the ids kept (max_len) are decoded. No
+    Python per token or per line. Blocks are parsed in worker processes (rectools.data.process_map).
+  * `LineParser`: the reference, line by line in Python. It runs whenever the fast parser meets
+    anything outside the plain grammar (a bad line, non-ASCII bytes, a stray CR, field names longer
+    than 8 bytes, numbers longer than 16 digits...), so every error message comes from it and names
+    file and line.
+The parsed arrays of each file are cached on disk (rectools.cache, keyed by the file's identity and
+this parsing schema); later epochs and runs read the cache instead of the text.
 """
-import collections
 import gzip
 import logging
 import re
+import zlib
 
 import numpy as np
 
+from rectools import cache
 from rectools.contract import Reader
+from rectools.data import process_map
 from rectools.errors import DataError
 
 log = logging.getLogger(__name__)
 MD5 = re.compile(r"[0-9a-fA-F]{32}")
-
-
-def _open(path):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+BOM = b"\xef\xbb\xbf"
+INT64_LIMIT = 2 ** 63
+PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or counts change
+BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
 
 
 class RecDataset(Reader):
-    def __init__(self, file_list, config, chunk_lines=8192):
+    """The model's data: PaddleRec Ali-CCP lines of `file_list`, in order, as chunks of arrays.
+
+    `config` gives hyper_parameters.fields (F), max_len (L) and sparse_feature_number (vocabulary),
+    and runner.cache_dir. `chunk_lines` bounds the lines of one chunk (and of one parsed block).
+    `processes`: parse workers (None: one per core; 0: parse in the calling thread).
+    chunks() yields dicts: ids int64 [n, F, L] (0 pads), click, buy, sample_id int64 [n].
+    Raises DataError naming file and line for malformed data (see LineParser).
+    """
+
+    def __init__(self, file_list, config, chunk_lines=8192, processes=None):
         self.file_list = list(file_list)
-        self.fields = config["hyper_parameters.fields"]
-        self.slot = {field: i for i, field in enumerate(self.fields)}
+        self.fields = list(config["hyper_parameters.fields"])
         self.max_len = config["hyper_parameters.max_len"]
         self.vocab = config["hyper_parameters.sparse_feature_number"]
         self.chunk_lines = chunk_lines
+        self.processes = processes
+        self.cache = cache.ArrayCache(cache.cache_dir(config), {
+            "format": "PaddleRec Ali-CCP lines", "parser_version": PARSER_VERSION, "fields": self.fields,
+            "max_len": self.max_len, "sparse_feature_number": self.vocab})
         self.reported = set()  # files whose drop counts were logged: once per file, not per epoch
 
     def chunks(self):
         for path in self.file_list:
-            yield from self._file_chunks(path)
+            counts = yield from self.cache.chunks(path, self.parse_file, self.chunk_lines)
+            self._report(path, counts)
 
-    def _file_chunks(self, path):
-        stats = collections.Counter()
-        unknown = collections.Counter()
-        truncated = collections.Counter()
+    def parse_file(self, path):
+        """Generator of the file's chunks, parsed from its text (blocks of whole lines, parsed in
+        worker processes, in order); returns the counts to report."""
+        counts = new_counts(self.fields)
+        parse = BlockParse(self.fields, self.max_len, self.vocab, path)
+        blocks = read_blocks(path, BLOCK_BYTES, self.chunk_lines)
+        for arrays, block_counts in process_map(parse, blocks, self.processes):
+            add_counts(counts, block_counts)
+            if len(arrays["click"]):
+                yield arrays
+        return counts
+
+    def _report(self, path, counts):
+        if path in self.reported:
+            return
+        self.reported.add(path)
+        if counts["blank"]:
+            log.warning("%s: %d blank line(s) skipped", path, counts["blank"])
+        unknown, truncated = counts["unknown"], {k: v for k, v in counts["truncated"].items() if v}
+        if unknown:
+            log.info("%s: %d token(s) of fields not in hyper_parameters.fields skipped (%s)", path,
+                     sum(unknown.values()), ", ".join(f"{k}: {v}" for k, v in sorted(unknown.items())))
+        if truncated:
+            log.warning("%s: %d id(s) beyond max_len=%d dropped (%s)", path, sum(truncated.values()),
+                        self.max_len, ", ".join(f"{k}: {v}" for k, v in sorted(truncated.items())))
+
+
+def new_counts(fields):
+    """What a parse reports: blank lines, tokens of unknown fields, ids beyond max_len per field."""
+    return {"blank": 0, "unknown": {}, "truncated": {field: 0 for field in fields}}
+
+
+def add_counts(total, part):
+    total["blank"] += part["blank"]
+    for key in ("unknown", "truncated"):
+        for field, n in part[key].items():
+            total[key][field] = total[key].get(field, 0) + n
+
+
+class BlockParse:
+    """parse((first line number, block of lines)) -> (arrays, counts): the fast parser, or the
+    reference where the block is irregular (it names the first bad line). Picklable: it runs in
+    the parse workers."""
+
+    def __init__(self, fields, max_len, vocab, path):
+        self.path = path
+        self.fast = BlockParser(fields, max_len, vocab)
+        self.reference = LineParser(fields, max_len, vocab)
+
+    def __call__(self, item):
+        first_line, block = item
+        try:
+            return self.fast.parse(block)
+        except Irregular:
+            return self.reference.parse(block, self.path, first_line)
+
+
+# ----------------------------------------------------------------------------- reading text
+
+def read_blocks(path, block_bytes, max_lines):
+    """(number of the first line, bytes of whole lines, each ending in \\n) of the file, in order.
+
+    A block holds at most `max_lines` lines and about `block_bytes` bytes (more only when one line
+    is longer). A BOM at the start of the file is dropped. Raises DataError for a damaged .gz file,
+    naming the last line read whole.
+    """
+    line_no, carry, first = 1, b"", True
+    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+        while True:
+            try:
+                data = f.read(block_bytes)
+            except (OSError, EOFError, zlib.error) as e:  # gzip raises all three for damaged data
+                where = f"after line {line_no - 1} (the last line read whole)" if line_no > 1 else "at its start"
+                raise DataError(path, line_no, f"not readable as gzip {where}: {e}") from None
+            if first:
+                data, first = (data[len(BOM):] if data.startswith(BOM) else data), False
+            if not data:
+                break
+            text = carry + data
+            end = text.rfind(b"\n") + 1
+            carry = text[end:]
+            line_no = yield from _cut(text[:end], line_no, max_lines)
+    if carry:
+        yield line_no, carry + b"\n"
+
+
+def _cut(text, line_no, max_lines):
+    """Yields whole-line pieces of `text` of at most max_lines lines each; returns the number of
+    the line after them."""
+    lines = text.count(b"\n")
+    if lines <= max_lines:
+        if text:
+            yield line_no, text
+        return line_no + lines
+    ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)[max_lines - 1::max_lines] + 1
+    start = 0
+    for piece, end in enumerate([*ends.tolist(), len(text)]):
+        if end > start:
+            yield line_no + piece * max_lines, text[start:end]
+            start = end
+    return line_no + lines
+
+
+# ----------------------------------------------------------------------------- the reference parser
+
+class LineParser:
+    """The reference parser: one line at a time in Python (a few thousand lines/s on real lines).
+
+    parse(block, path, first_line) -> (arrays, counts), the same as BlockParser.parse. Raises
+    DataError naming path and line for: bytes that are not UTF-8, fewer than 3 columns, a
+    sample_id, click or buy that is not a non-negative integer, click or buy other than 0/1, buy
+    without click, a sample_id beyond signed 64 bits, a 4th column that is neither field:feat nor
+    a 32-hex-digit md5, a feature token without ':', a feature id of a known field that is not a
+    non-negative integer or not below sparse_feature_number. Tokens of other fields are counted,
+    not checked.
+    """
+
+    def __init__(self, fields, max_len, vocab):
+        self.fields, self.max_len, self.vocab = fields, max_len, vocab
+        self.slot = {field: i for i, field in enumerate(fields)}
+
+    def parse(self, block, path, first_line):
+        counts = new_counts(self.fields)
         rows = []
-        with _open(path) as f:
-            for line_no, raw in enumerate(f, 1):
-                try:  # decoded line by line, so that the error names the right line
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    raise DataError(path, line_no, f"not UTF-8 text: {e}") from None
-                row = self._parse(line, path, line_no, unknown, truncated)
-                if row is None:
-                    stats["blank"] += 1
-                    continue
+        for line_no, raw in enumerate(block.split(b"\n")[:-1], first_line):
+            try:  # decoded line by line, so that the error names the right line
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(path, line_no, f"not UTF-8 text: {e}") from None
+            row = self._parse(line, path, line_no, counts)
+            if row is None:
+                counts["blank"] += 1
+            else:
                 rows.append(row)
-                if len(rows) == self.chunk_lines:
-                    yield self._to_arrays(rows)
-                    rows = []
-        if rows:
-            yield self._to_arrays(rows)
-        self._report(path, stats, unknown, truncated)
+        return self._to_arrays(rows), counts
 
-    def _parse(self, line, path, line_no, unknown, truncated):
+    def _parse(self, line, path, line_no, counts):
         line = line.rstrip("\r\n")
         if not line.strip():
             return None
@@ -76,6 +218,8 @@ class RecDataset(Reader):
             raise DataError(path, line_no, f"click and buy must be 0 or 1, got click={cols[1]!r} buy={cols[2]!r}")
         if buy > click:
             raise DataError(path, line_no, "buy=1 on an impression with click=0")
+        if sample_id >= INT64_LIMIT:
+            raise DataError(path, line_no, f"sample_id {sample_id} does not fit a signed 64-bit integer")
         tokens = cols[3:]
         if tokens and ":" not in tokens[0]:
             if not MD5.fullmatch(tokens[0]):
@@ -89,7 +233,7 @@ class RecDataset(Reader):
                 raise DataError(path, line_no, f"feature token {token[:40]!r} is not field:feat")
             slot = self.slot.get(field)
             if slot is None:
-                unknown[field] += 1
+                counts["unknown"][field] = counts["unknown"].get(field, 0) + 1
                 continue
             feat_id = _integer(feat, f"feature id of field {field}", path, line_no)
             if not 0 <= feat_id < self.vocab:
@@ -100,7 +244,7 @@ class RecDataset(Reader):
                 ids.append((slot * self.max_len + count, feat_id))
                 fill[slot] = count + 1
             else:
-                truncated[field] += 1
+                counts["truncated"][field] += 1
         return sample_id, click, buy, ids
 
     def _to_arrays(self, rows):
@@ -115,20 +259,7 @@ class RecDataset(Reader):
         ids[np.asarray(flat_pos, dtype=np.int64)] = np.asarray(flat_ids, dtype=np.int64)
         head = np.asarray([row[:3] for row in rows], dtype=np.int64).reshape(n, 3)
         return {"ids": ids.reshape(n, len(self.fields), self.max_len),
-                "click": head[:, 1], "buy": head[:, 2], "sample_id": head[:, 0]}
-
-    def _report(self, path, stats, unknown, truncated):
-        if path in self.reported:
-            return
-        self.reported.add(path)
-        if stats["blank"]:
-            log.warning("%s: %d blank line(s) skipped", path, stats["blank"])
-        if unknown:
-            log.info("%s: %d token(s) of fields not in hyper_parameters.fields skipped (%s)", path,
-                     sum(unknown.values()), ", ".join(f"{k}: {v}" for k, v in sorted(unknown.items())))
-        if truncated:
-            log.warning("%s: %d id(s) beyond max_len=%d dropped (%s)", path, sum(truncated.values()),
-                        self.max_len, ", ".join(f"{k}: {v}" for k, v in sorted(truncated.items())))
+                "click": head[:, 1].copy(), "buy": head[:, 2].copy(), "sample_id": head[:, 0].copy()}
 
 
 def _integer(text, what, path, line_no):
@@ -136,3 +267,232 @@ def _integer(text, what, path, line_no):
     if not (text.isascii() and text.isdigit()):
         raise DataError(path, line_no, f"{what} is not a non-negative integer: {text[:40]!r}")
     return int(text)
+
+
+# ----------------------------------------------------------------------------- the vectorised parser
+
+class Irregular(Exception):
+    """The block holds something outside the fast parser's grammar: the reference parses it."""
+
+
+_U64 = np.uint64
+_ASCII_ZEROS = _U64(0x3030303030303030)
+# _TOP[n]: mask of the n most significant bytes of a little-endian word (its last n bytes in memory)
+_TOP = np.array([0] + [(2 ** 64 - 1) ^ (2 ** (8 * (8 - n)) - 1) for n in range(1, 9)], dtype=_U64)
+_PAD = _ASCII_ZEROS & ~_TOP  # '0' in the bytes below the top n
+
+
+def _words(text):
+    """words[e] = the 8 bytes text[e - 8:e] as a little-endian uint64, for 0 <= e <= len(text):
+    the word that ends at position e. The text is copied behind 8 zero bytes so that words ending
+    near its start exist."""
+    padded = np.zeros(len(text) + 8, dtype=np.uint8)
+    padded[8:] = text
+    return np.ndarray((len(text) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+
+
+def _padded(word, n):
+    """The words with every byte below their last n (1..8) set to '0': 8-digit numbers when the
+    last n bytes are digits."""
+    v = word & _TOP[n]
+    v |= _PAD[n]
+    return v
+
+
+def _all_digits(v):
+    """Whether all 8 bytes of each word are ASCII digits."""
+    t = v + _U64(0x0606060606060606)  # a byte above '9' carries into its high nibble
+    t &= _U64(0xF0F0F0F0F0F0F0F0)
+    t >>= _U64(4)
+    t |= v & _U64(0xF0F0F0F0F0F0F0F0)
+    return t == _U64(0x3333333333333333)
+
+
+def _value8(v):
+    """Values of 8-digit words (see _padded). SWAR: digit pairs, quads and the eight combined by
+    three multiplications (the method of Lemire's fast_float and simdjson); in place where it can,
+    as temporaries cost page faults."""
+    v = v - _ASCII_ZEROS  # digit values, the most significant digit in the lowest byte
+    t = v >> _U64(8)
+    v *= _U64(10)
+    v += t  # pairs
+    np.right_shift(v, _U64(16), out=t)
+    t &= _U64(0x000000FF000000FF)
+    t *= _U64(1 + (10000 << 32))
+    v &= _U64(0x000000FF000000FF)
+    v *= _U64(100 + (1000000 << 32))
+    v += t
+    v >>= _U64(32)
+    return v.view(np.int64)
+
+
+def _decimal(words, start, end):
+    """(values, all digits?) of the numbers text[start:end]; Irregular unless 1 to 16 digits long."""
+    n = end - start
+    if len(n) and (n.min() < 1 or n.max() > 16):
+        raise Irregular
+    v = _padded(words[end], np.minimum(n, 8))
+    ok = _all_digits(v)
+    value = _value8(v)
+    long = np.flatnonzero(n > 8)
+    if len(long):
+        high = _padded(words[end[long] - 8], n[long] - 8)
+        value[long] += _value8(high) * 10 ** 8
+        ok[long] &= _all_digits(high)
+    return value, ok
+
+
+def _key(name):
+    """A field name of at most 8 bytes as the word it makes when it ends a word (see _words)."""
+    raw = name.encode("utf-8")
+    return int.from_bytes(b"\0" * (8 - len(raw)) + raw, "little") if len(raw) <= 8 else None
+
+
+class _FieldTable:
+    """Field name words -> slots by a multiplicative hash into a small table without collisions."""
+
+    def __init__(self, fields):
+        keys = {_key(field): slot for slot, field in enumerate(fields) if _key(field) is not None}
+        self.bits = max(4, (4 * len(keys)).bit_length())
+        rng = np.random.default_rng(0)  # a fixed search: the same table in every run
+        while True:
+            self.multiplier = _U64(int(rng.integers(1, 2 ** 63)) * 2 + 1)
+            buckets = {k: self._bucket(np.array([k], dtype=_U64))[0] for k in keys}
+            if len(set(buckets.values())) == len(keys):
+                break
+        self.key = np.zeros(2 ** self.bits, dtype=_U64)  # 0 is the empty name: unknown unless a field
+        self.slot = np.full(2 ** self.bits, -1, dtype=np.int64)
+        for k, slot in keys.items():
+            self.key[buckets[k]], self.slot[buckets[k]] = k, slot
+
+    def _bucket(self, key):
+        return (key * self.multiplier) >> _U64(64 - self.bits)
+
+    def __call__(self, key):
+        """Slots of the keys, -1 for names that are no field."""
+        bucket = self._bucket(key)
+        return np.where(self.key[bucket] == key, self.slot[bucket], -1)
+
+
+class BlockParser:
+    """The fast parser: a block of whole lines -> the arrays and counts LineParser gives, by numpy
+    over the whole block. Raises Irregular when the block holds anything outside the plain grammar
+    (ASCII, LF or CRLF line ends, field names of at most 8 bytes, numbers of 1 to 16 digits) or any
+    bad value, and the reference decides."""
+
+    def __init__(self, fields, max_len, vocab):
+        self.fields, self.max_len, self.vocab = fields, max_len, vocab
+        self.table = _FieldTable(fields)
+        # the largest id as 8 digit bytes, most significant first in a big-endian word: digit words
+        # compare like their numbers once byte-swapped
+        self.largest = _U64(int.from_bytes(f"{vocab - 1:08d}"[-8:].encode(), "big")) if vocab <= 10 ** 8 else None
+
+    def parse(self, block):
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
+            if b"\r" in block:
+                raise Irregular
+        text = np.frombuffer(block, dtype=np.uint8)
+        if text.max() > 127 or text.min() == 0:  # not ASCII (the reference checks UTF-8), or NUL
+            raise Irregular
+        words = _words(text)
+        counts = new_counts(self.fields)
+        F, L = len(self.fields), self.max_len
+
+        # segments: the text between separators; segment k is text[sep[k - 1] + 1:sep[k]], sep[k]
+        # being a ',', ':' or LF (sep[-1] is taken as -1)
+        sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10)).astype(np.int32)  # half the bytes to move
+        kind = text[sep]
+        last = np.flatnonzero(kind == 10)  # the last segment of each line
+        first = np.empty_like(last)
+        first[0], first[1:] = 0, last[:-1] + 1
+        line_start = np.where(first > 0, sep[first - 1] + 1, 0)
+        blank = line_start == sep[last]  # nothing but LF
+        counts["blank"] = int(blank.sum())
+        if counts["blank"]:
+            first, last, line_start = first[~blank], last[~blank], line_start[~blank]
+        n = len(first)
+
+        # sample_id,click,buy: numbers ending in ',' ',' and ',' or LF; click and buy one byte each
+        if n and (np.any(last - first < 2) or np.any(kind[first] != 44) or np.any(kind[first + 1] != 44)
+                  or np.any(kind[first + 2] == 58) or np.any(sep[first + 1] - sep[first] != 2)
+                  or np.any(sep[first + 2] - sep[first + 1] != 2)):
+            raise Irregular
+        click = text[sep[first] + 1].astype(np.int64) - 48
+        buy = text[sep[first + 1] + 1].astype(np.int64) - 48
+        if n and np.any((click < 0) | (click > 1) | (buy < 0) | (buy > click)):
+            raise Irregular
+        sample_id, ok = _decimal(words, line_start, sep[first])
+        if not ok.all():
+            raise Irregular
+
+        # the rest: field:feat tokens, and an md5 column 4 (the one column there without ':')
+        field = np.flatnonzero(kind == 58).astype(np.int32)
+        md5 = first[last - first >= 3] + 3
+        md5 = md5[kind[md5] != 58]
+        if len(sep) != 3 * n + counts["blank"] + 2 * len(field) + len(md5) or np.any(kind[field + 1] == 58):
+            raise Irregular  # a segment that is none of these: a token without ':' or with two
+        if len(md5):
+            md5_start = sep[md5 - 1] + 1
+            if np.any(sep[md5] - md5_start != 32):
+                raise Irregular
+            digits = text[md5_start[:, None] + np.arange(32)] | 32  # lower case
+            if not np.all(((digits >= 48) & (digits <= 57)) | ((digits >= 97) & (digits <= 102))):
+                raise Irregular
+        colon = sep[field]  # field k is text[sep[field - 1] + 1:colon], its id text[colon + 1:sep[field + 1]]
+        name_len = colon - sep[field - 1] - 1
+        if len(field) and name_len.max() > 8:
+            raise Irregular
+        key = words[colon]
+        key &= _TOP[name_len]
+        slot = self.table(key)
+        known = slot >= 0
+        if not known.all():
+            names, times = np.unique(key[~known], return_counts=True)
+            counts["unknown"] = {int(k).to_bytes(8, "little").lstrip(b"\0").decode("ascii"): int(t)
+                                 for k, t in zip(names, times)}
+            field, slot, colon = field[known], slot[known], colon[known]
+        ids = np.zeros((n, F, L), dtype=np.int64)
+        if len(field):
+            end = sep[field + 1]
+            length = end - colon - 1
+            if length.min() < 1 or length.max() > 8 or self.vocab > 10 ** 8:
+                value, ok = _decimal(words, colon + 1, end)  # the general way: every value decoded
+                if not ok.all() or value.max() >= self.vocab:
+                    raise Irregular
+                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                ids.reshape(-1)[at] = value[kept]
+            else:  # up to 8 digits: checked in place, the ids beyond max_len never decoded
+                digits = _padded(words[end], length)
+                if not _all_digits(digits).all() or digits.byteswap().max() > self.largest:
+                    raise Irregular
+                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                ids.reshape(-1)[at] = _value8(digits[kept])
+        return {"ids": ids, "click": click, "buy": buy, "sample_id": sample_id}, counts
+
+    def _place(self, slot, line_start, counts):
+        """(tokens kept, their flat positions in ids [n, F, L]): the first max_len ids of each
+        (row, slot); the rest are counted per field. Works on runs of equal slot within a line, so
+        that the work per token is a few array operations and the rest is per run; line_start:
+        first token of each row."""
+        F, L, T = len(self.fields), self.max_len, len(slot)
+        boundary = np.empty(T, dtype=bool)
+        boundary[0] = True
+        np.not_equal(slot[1:], slot[:-1], out=boundary[1:])
+        boundary[line_start[line_start < T]] = True
+        run = np.flatnonzero(boundary)
+        run_len = np.diff(np.append(run, T))
+        run_cell = (np.searchsorted(line_start, run, side="right") - 1) * F + slot[run]
+        offset = np.zeros_like(run)  # ids of the cell in earlier runs: a field split within a line
+        ordered = np.sort(run_cell)
+        if np.any(ordered[1:] == ordered[:-1]):
+            order = np.argsort(run_cell, kind="stable")
+            before = np.cumsum(run_len[order]) - run_len[order]
+            group = np.flatnonzero(np.diff(run_cell[order], prepend=-1))
+            offset[order] = before - np.repeat(before[group], np.diff(np.append(group, len(order))))
+        kept = np.clip(L - offset, 0, run_len)
+        which = np.repeat(np.arange(len(run)), kept)
+        j = np.arange(len(which)) - np.repeat(np.cumsum(kept) - kept, kept)
+        dropped = np.bincount(slot[run], weights=run_len - kept, minlength=F)
+        counts["truncated"] = dict(zip(self.fields, dropped.astype(np.int64).tolist()))
+        return run[which] + j, run_cell[which] * L + offset[which] + j

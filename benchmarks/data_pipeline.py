@@ -1,0 +1,171 @@
+"""Throughput and memory of the data path on lines of the real Ali-CCP shape, in one run.
+
+    python benchmarks/data_pipeline.py [--rows 200000] [--big-rows 1000000 | --skip-big] [--out DIR]
+
+For each file size (default 200,000 lines, then 1,000,000 to show that memory does not grow):
+1. Lines of the real shape (~880 tokens, datasets/synthetic/generate.py --shape real), made once
+   and kept in --out (~12 KB a line: 2.5 GB and 12 GB).
+2. Reader alone (models/multitask/escm2/escm_reader.py, max_len 3, 737946 ids): lines/s of the first
+   pass (text, parse workers, cache written) and of a second pass (the cache); and the line-by-line
+   reference parser (the reader of the previous version) on the first 20,000 lines, for the ratio.
+3. Training end to end, tools/trainer.py as a subprocess, batch 1024, DR, two epochs with a fresh
+   cache folder: epoch 0 reads text, epoch 1 the cache; samples/s as the trainer reports them. With
+   PaddleRec's MMoE configuration (expert_num 8, expert_size 16, tower_size 8, dim 12) and with the
+   config's MLP towers; each with and without MKL_DEBUG_CPU_TYPE=5 in the environment (Paddle's
+   bundled MKL takes a slow code path on AMD CPUs unless it is set before the process starts).
+   Memory: the peak RSS of the trainer process (its own high-water mark), and the peak of the summed
+   PSS of the trainer and its parse workers (sampled every 0.1 s; PSS splits shared pages fairly
+   between the forked workers and the trainer).
+Every figure shares the machine with whatever else runs: compare rows of one run.
+"""
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config.yaml")
+GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
+COMMON = ["hyper_parameters.sparse_feature_number=737946", "hyper_parameters.max_len=3",
+          "hyper_parameters.sparse_feature_dim=12", "runner.train_batch_size=1024", "runner.epochs=2",
+          "runner.print_interval=100000", "runner.counterfact_mode=DR"]
+NETS = {"mmoe": ["hyper_parameters.backbone=mmoe", "hyper_parameters.expert_num=8", "hyper_parameters.expert_size=16",
+                 "hyper_parameters.tower_size=8"],
+        "mlp": ["hyper_parameters.backbone=mlp"]}
+REFERENCE_LINES = 20000
+
+
+def make_data(out, rows):
+    folder = os.path.join(out, f"real-{rows}")
+    if not os.path.isfile(os.path.join(folder, "meta.json")):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, GENERATOR, "--shape", "real", "--out", folder, "--train", str(rows),
+                        "--test", "1000", "--seed", "1", "--force"], check=True, stdout=subprocess.DEVNULL)
+        print(f"  generated {rows} lines in {time.perf_counter() - start:.0f} s")
+    return os.path.join(folder, "train", "part-00000.txt")
+
+
+def reader_figures(path, cache_dir):
+    """(text lines/s, cache lines/s, reference lines/s) of the model's reader on `path`."""
+    from rectools import model_loader
+    config, package = model_loader.load(CONFIG, COMMON + [f"runner.cache_dir={cache_dir}"])
+    reader = model_loader.model_module(package, "escm_reader", "benchmark")
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    dataset = reader.RecDataset([path], config)
+    speeds = []
+    for _ in range(2):  # the text, then the cache the first pass wrote
+        start, rows = time.perf_counter(), 0
+        for chunk in dataset.chunks():
+            rows += len(chunk["click"])
+        speeds.append(rows / (time.perf_counter() - start))
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    reference = reader.LineParser(dataset.fields, dataset.max_len, dataset.vocab)
+    start, rows = time.perf_counter(), 0
+    for first_line, block in reader.read_blocks(path, reader.BLOCK_BYTES, dataset.chunk_lines):
+        rows += len(reference.parse(block, path, first_line)[0]["click"])
+        if rows >= REFERENCE_LINES:
+            break
+    speeds.append(rows / (time.perf_counter() - start))
+    return speeds
+
+
+def _tree(pid):
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def _pss_kb(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def train(data_dir, net, mkl, out):
+    """Samples/s of epoch 0 (text) and epoch 1 (cache), peak RSS of the trainer and peak PSS of its tree (MB)."""
+    run = os.path.join(out, f"run-{net}-{'mkl5' if mkl else 'plain'}")
+    shutil.rmtree(run, ignore_errors=True)
+    os.makedirs(run)
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+    if mkl:
+        env["MKL_DEBUG_CPU_TYPE"] = "5"
+    with open(os.path.join(run, "log.txt"), "w") as log:
+        child = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "tools", "trainer.py"), "-m", CONFIG, "-o",
+                                  f"runner.train_data_dir={data_dir}", f"runner.model_save_path={run}/model",
+                                  f"runner.cache_dir={run}/cache", *COMMON, *NETS[net]],
+                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+        peak_pss, done = [0], threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak_pss[0] = max(peak_pss[0], sum(_pss_kb(p) for p in _tree(child.pid)))
+                done.wait(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        sampler.join()
+    if child.returncode:
+        sys.exit(f"trainer failed, see {run}/log.txt")
+    with open(os.path.join(run, "model", "train_metrics.jsonl")) as f:
+        ips = [json.loads(line)["ips"] for line in f]
+    shutil.rmtree(os.path.join(run, "cache"), ignore_errors=True)
+    shutil.rmtree(os.path.join(run, "model"), ignore_errors=True)
+    return ips[0], ips[1], usage.ru_maxrss / 1024, peak_pss[0] / 1024
+
+
+def measure(out, rows, nets, mkl_choices):
+    print(f"\n{rows} lines of the real shape, max_len 3, 737946 ids:")
+    path = make_data(out, rows)
+    text, cached, reference = reader_figures(path, os.path.join(out, "reader-cache"))
+    print(f"  reader, text (first pass, cache written) {text:10.0f} lines/s")
+    print(f"  reader, cache (second pass)              {cached:10.0f} lines/s")
+    print(f"  reference line parser (first {REFERENCE_LINES} lines)  {reference:10.0f} lines/s"
+          f"   -> text pass {text / reference:.1f}x")
+    print("  training end to end, batch 1024, DR (samples/s; MB):")
+    print(f"    {'net':5s} {'MKL_DEBUG_CPU_TYPE':18s} {'epoch 0 (text)':>15s} {'epoch 1 (cache)':>16s} "
+          f"{'peak RSS':>9s} {'peak PSS, all':>14s}")
+    for net in nets:
+        for mkl in mkl_choices:
+            cold, warm, rss, pss = train(os.path.dirname(path), net, mkl, out)
+            print(f"    {net:5s} {'5' if mkl else 'unset':18s} {cold:15.0f} {warm:16.0f} {rss:9.0f} {pss:14.0f}",
+                  flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200000)
+    parser.add_argument("--big-rows", type=int, default=1000000, help="the second size, for memory growth")
+    parser.add_argument("--skip-big", action="store_true", help="measure --rows only")
+    parser.add_argument("--out", default="/tmp/escm2-pipeline", help="data and runs (kept data is reused)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)  # the reader's per-file notes are not figures
+    with open("/proc/loadavg") as f:
+        print(f"load average at start: {' '.join(f.read().split()[:3])} ({os.cpu_count()} cores)")
+    measure(args.out, args.rows, ["mmoe", "mlp"], [False, True])
+    if not args.skip_big:
+        measure(args.out, args.big_rows, ["mmoe"], [False, True])
+    with open("/proc/loadavg") as f:
+        print(f"\nload average at end: {' '.join(f.read().split()[:3])}")
+
+
+if __name__ == "__main__":
+    main()
