@@ -5,6 +5,8 @@ Two seams are explicit arguments: `shard` (rectools.data.Shard: which samples th
 and `gather` (rectools.contract.Gather: which predictions go into an epoch's metrics; by default
 this process's own). Each epoch's predictions are returned with their sample ids, so callers (the
 command lines, a benchmark against a known truth, several processes) share this one loop.
+`group` (rectools.distributed.Group) is the processes of a job: it supplies both seams, runs the
+training steps in lockstep, totals the loss sums, and lets only rank 0 write.
 """
 import logging
 import math
@@ -12,7 +14,8 @@ import os
 import time
 
 from . import checkpoint, records
-from .data import Shard, epoch_batches, reader, rows
+from .data import epoch_batches, reader, rows
+from .distributed import LOCAL
 from .engines import ENGINES
 from .errors import ConfigError, UserError
 from .metrics import Accumulator
@@ -54,25 +57,40 @@ class Progress:
                 "ips": round(self.samples / seconds, 1) if seconds > 0 else None}
 
 
-def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=Shard(), gather=None):
+def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.shard, gather=None, group=LOCAL,
+              lockstep=False):
     """One pass of `step` (engine.train_step or engine.eval_step) over this shard of `dataset`.
 
     Returns (record, predictions): the epoch's record (epoch, mean loss terms per sample, seconds,
     ips, and the model's metrics over the gathered predictions) and the predictions themselves,
-    {name: 1-D array} with `sample_id`, in batch order. Raises UserError when no sample was read.
+    {name: 1-D array} with `sample_id`, in batch order. With `lockstep` (training on several
+    processes) the steps run in group.lockstep's rounds; loss sums and sample counts are totalled
+    over `group`. Raises UserError when no sample was read (by any process).
     """
     metrics = Accumulator()
     progress = Progress(epoch, interval, metrics, engine.summarize_metrics)
-    for batch in epoch_batches(dataset, batch_size, shard):
-        terms = step(batch, metrics)
+    batches = epoch_batches(dataset, batch_size, shard)
+    for batch, weight in group.lockstep(batches) if lockstep else ((b, None) for b in batches):
+        if weight == 0.0:  # a stand-in step of the last round (rectools.distributed): not counted
+            step(batch, Accumulator(), weight)
+            continue
+        terms = step(batch, metrics) if weight is None else step(batch, metrics, weight)
         metrics.add(sample_id=batch["sample_id"])
         progress.add(rows(batch), terms)
-    if not progress.samples:
+    summary = progress.summary()
+    if group.size > 1:
+        totals = group.sum({**progress.sums, "": progress.samples})
+        samples = totals.pop("")
+        summary.update({k: v / samples for k, v in totals.items()} if samples else {},
+                       ips=round(samples / summary["seconds"], 1) if summary["seconds"] > 0 else None)
+    else:
+        samples = progress.samples
+    if not samples:
         raise UserError(f"no samples in {', '.join(dataset.file_list)}")
     predictions = metrics.arrays()
     if gather is not None:
         predictions = gather(predictions)
-    return {**progress.summary(), **engine.summarize_metrics(predictions)}, predictions
+    return {**summary, **engine.summarize_metrics(predictions)}, predictions
 
 
 def log_record(prefix, record):
@@ -92,19 +110,30 @@ def output_folder(config, claim=False):
     return folder
 
 
-def train(config, package, mode="dygraph", shard=Shard(), gather=None):
+def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
     """tools/trainer.py and tools/static_trainer.py: runner.epochs epochs from runner.model_init_path
-    (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch. Returns the records."""
+    (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch. Returns the records.
+
+    shard and gather default to `group`'s; with several processes every rank trains and returns
+    the same records, rank 0 alone writes them, and the ranks' parameters are checked to be
+    identical after each epoch."""
     config.require("runner.train_data_dir", by="the trainer")
     dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
     engine = ENGINES[mode](config, package, train=True)
-    save_root = output_folder(config, claim=True)  # first: it recovers an epoch a killed run was replacing
+    batch_size = config["runner.train_batch_size"]
+    shard = group.shard if shard is None else shard
+    gather = group.gather(batch_size) if gather is None else gather
+    group.check_data(dataset.file_list)
+    if group.main:
+        save_root = output_folder(config, claim=True)  # first: it recovers an epoch a killed run was replacing
+    group.barrier()  # the others read model_init_path once rank 0 has recovered the folder
     first_epoch = 0
     if config["runner.model_init_path"]:
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
                                                  "runner.model_init_path", True) + 1
-    metrics_file = os.path.join(save_root, records.TRAIN)
-    records.keep_before(metrics_file, first_epoch)
+    if group.main:
+        metrics_file = os.path.join(save_root, records.TRAIN)
+        records.keep_before(metrics_file, first_epoch)
     if first_epoch >= config["runner.epochs"]:
         log.info("checkpoint of epoch %d already reaches runner.epochs=%d: nothing to train",
                  first_epoch - 1, config["runner.epochs"])
@@ -115,24 +144,30 @@ def train(config, package, mode="dygraph", shard=Shard(), gather=None):
                                                      os.path.join(folder, checkpoint.INFERENCE_DIR))
     done = []
     for epoch in range(first_epoch, config["runner.epochs"]):
-        record, _ = run_epoch(engine, engine.train_step, dataset, config["runner.train_batch_size"], epoch,
-                              config["runner.print_interval"], shard, gather)
+        record, _ = run_epoch(engine, engine.train_step, dataset, batch_size, epoch, config["runner.print_interval"],
+                              shard, gather, group, lockstep=True)
         log_record("epoch", record)
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
-        saved = checkpoint.save(save_root, epoch, lambda folder: checkpoint.write_checkpoint(engine, folder, export),
-                                mode=engine.mode)
-        log.info("saved checkpoint %s", saved)
-        records.append(metrics_file, record)
+        if group.size > 1:
+            log.info("parameters identical on all %d processes (sha256 %s)", group.size,
+                     group.check_parameters(engine.parameters())[:16])
+        if group.main:
+            saved = checkpoint.save(save_root, epoch,
+                                    lambda folder: checkpoint.write_checkpoint(engine, folder, export), mode=engine.mode)
+            log.info("saved checkpoint %s", saved)
+            records.append(metrics_file, record)
         done.append(record)
     return done
 
 
-def infer(config, package, mode="dygraph", shard=Shard(), gather=None):
+def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
     """tools/infer.py and tools/static_infer.py: evaluates the checkpoints of epochs infer_start_epoch
     .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each.
-    Returns [(record, predictions)] per epoch (see run_epoch)."""
+    Returns [(record, predictions)] per epoch (see run_epoch). shard and gather default to
+    `group`'s: every rank evaluates its shard and returns the metrics and predictions of all; rank
+    0 alone writes the records."""
     config.require("runner.test_data_dir", by="infer")
     load_root = config["runner.infer_load_path"] or config["runner.model_save_path"]
     end = config["runner.infer_end_epoch"]
@@ -144,13 +179,18 @@ def infer(config, package, mode="dygraph", shard=Shard(), gather=None):
     folders = [checkpoint.epoch_folder(load_root, e, "runner.infer_load_path") for e in epochs]  # fail early
     dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
     engine = ENGINES[mode](config, package, train=False)
-    metrics_file = os.path.join(output_folder(config), records.INFER)
+    batch_size = config["runner.infer_batch_size"]
+    shard = group.shard if shard is None else shard
+    gather = group.gather(batch_size) if gather is None else gather
+    group.check_data(dataset.file_list)
+    metrics_file = os.path.join(output_folder(config), records.INFER) if group.main else None
     results = []
     for epoch, folder in zip(epochs, folders):
         checkpoint.load_checkpoint(engine, folder, "runner.infer_load_path", False)
-        record, predictions = run_epoch(engine, engine.eval_step, dataset, config["runner.infer_batch_size"], epoch,
-                                        config["runner.print_interval"], shard, gather)
+        record, predictions = run_epoch(engine, engine.eval_step, dataset, batch_size, epoch,
+                                        config["runner.print_interval"], shard, gather, group)
         log_record("infer epoch", record)
-        records.append(metrics_file, record)
+        if group.main:
+            records.append(metrics_file, record)
         results.append((record, predictions))
     return results

@@ -1,14 +1,16 @@
-"""Score a data folder with an exported model (paddle.inference): python tools/predict.py -m CONFIG [-o runner.inference_model_dir=DIR runner.predict_data_dir=DIR runner.predict_output=FILE]"""
+"""Score a data folder with an exported model (paddle.inference): python tools/predict.py -m CONFIG [-o runner.inference_model_dir=DIR runner.predict_data_dir=DIR runner.predict_output=FILE]
+Several processes: python -m paddle.distributed.launch --nproc_per_node N tools/predict.py -m CONFIG -o runner.use_fleet=True"""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, model_loader, serving  # noqa: E402
+from rectools import cli, distributed, model_loader, serving  # noqa: E402
 
 
 def main(config_path, overrides):
-    serving.predict(*model_loader.load(config_path, overrides))
+    config, package = model_loader.load(config_path, overrides)
+    serving.predict(config, package, distributed.group(config))
 
 
 if __name__ == "__main__":

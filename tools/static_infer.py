@@ -4,11 +4,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, loops, model_loader  # noqa: E402
+from rectools import cli, distributed, loops, model_loader  # noqa: E402
 
 
 def main(config_path, overrides):
-    loops.infer(*model_loader.load(config_path, overrides), mode="static")
+    config, package = model_loader.load(config_path, overrides)
+    loops.infer(config, package, mode="static", group=distributed.group(config))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
-"""Train a model folder in dygraph mode: python -u tools/trainer.py -m CONFIG [-o key=value ...]"""
+"""Train a model folder in dygraph mode: python -u tools/trainer.py -m CONFIG [-o key=value ...]
+Several processes: python -m paddle.distributed.launch --nproc_per_node N tools/trainer.py -m CONFIG -o runner.use_fleet=True"""
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rectools import cli, loops, model_loader  # noqa: E402
+from rectools import cli, distributed, loops, model_loader  # noqa: E402
 
 
 def main(config_path, overrides):
-    loops.train(*model_loader.load(config_path, overrides))
+    config, package = model_loader.load(config_path, overrides)
+    loops.train(config, package, group=distributed.group(config))
 
 
 if __name__ == "__main__":
