@@ -2,10 +2,15 @@
 (rectools.loops) own epochs, metrics and checkpoints and do not care which engine runs.
 
 Both engines offer: mode ("dygraph" | "static"), summarize_metrics(predictions), train_step(batch,
-metrics) and eval_step(batch, metrics) -> {loss term: float}, parameters() -> {checkpoint name:
-ndarray}, set_parameters(state, folder, key), optimizer_state(), set_optimizer_state(state).
+metrics, weight=1.0) and eval_step(batch, metrics) -> {loss term: float}, parameters() -> {checkpoint
+name: ndarray}, set_parameters(state, folder, key), optimizer_state(), set_optimizer_state(state).
 Checkpoint names are the dygraph model's state_dict names in both modes, so checkpoints load in
-either.
+either, and the same whatever the number of processes.
+
+With runner.use_fleet and several processes (rectools.distributed), the dygraph engine trains
+through paddle.DataParallel, which averages the gradients over the processes at every step: dense
+ones by all-reduce; the embedding's sparse (SelectedRows) gradient travels sparse, its rows and
+values all-gathered from every process.
 """
 import contextlib
 
@@ -23,8 +28,7 @@ def place(config):
         if not paddle.is_compiled_with_cuda():
             raise ConfigError(f"{config.path}: runner.use_gpu is True but this Paddle build has no CUDA "
                               f"(use -o runner.use_gpu=False)")
-        paddle.set_device("gpu")
-        return paddle.CUDAPlace(0)
+        return paddle.set_device("gpu")  # under paddle.distributed.launch: the GPU it gave this process
     paddle.set_device("cpu")
     return paddle.CPUPlace()
 
@@ -61,6 +65,14 @@ def dygraph_network(config, package, params=None):
     return contract, net
 
 
+def processes(config):
+    """Processes training together: paddle.distributed's world size with runner.use_fleet, else 1."""
+    if not config["runner.use_fleet"]:
+        return 1
+    import paddle.distributed as dist
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 class DygraphEngine:
     mode = "dygraph"
 
@@ -70,10 +82,14 @@ class DygraphEngine:
         self.contract, self.model = dygraph_network(config, package)
         self.optimizer = self.contract.create_optimizer(self.model, config) if train else None
         self.summarize_metrics = self.contract.summarize_metrics
+        # the model is trained through the wrapper and saved from the plain net: checkpoint names stay unprefixed
+        self.trained = paddle.DataParallel(self.model) if train and processes(config) > 1 else self.model
 
-    def train_step(self, batch, metrics):
-        terms = self.contract.train_forward(self.model, metrics, batch, self.config)
-        terms["loss"].backward()
+    def train_step(self, batch, metrics, weight=1.0):
+        """One update from `batch`; its loss is multiplied by `weight` before backward (the last
+        round of several processes, rectools.distributed). Returns the unweighted loss terms."""
+        terms = self.contract.train_forward(self.trained, metrics, batch, self.config)
+        (terms["loss"] if weight == 1.0 else terms["loss"] * weight).backward()
         self.optimizer.step()
         self.optimizer.clear_grad()
         return {k: float(v) for k, v in terms.items()}
@@ -103,6 +119,10 @@ class StaticEngine:
     mode = "static"
 
     def __init__(self, config, package, train):
+        if train and processes(config) > 1:
+            raise ConfigError(f"{config.path}: runner.use_fleet: static training on several processes is not "
+                              f"supported (Paddle 3.3.1's fleet cannot build a data-parallel program on the new "
+                              f"IR); train with tools/trainer.py")
         self.config, self.hint = config, parameter_hint(package)
         with dygraph_mode():  # start where dygraph starts with the same seed: one run, two graph modes
             initial = dygraph_network(config, package)[1].state_dict()
@@ -125,12 +145,15 @@ class StaticEngine:
         self.scope = paddle.static.global_scope()
         self.set_parameters(initial, "initial parameters", "runner.seed")
 
-    def train_step(self, batch, metrics):
+    def train_step(self, batch, metrics, weight=1.0):
+        if weight != 1.0:
+            raise ValueError("a static program's loss has no weight")  # one process only, see __init__
         values = self.executor.run(self.program, feed=self.contract.feed(batch),
                                    fetch_list=[self.graph.fetches[n] for n in self.fetch_names])
         return self.contract.collect(metrics, batch, dict(zip(self.fetch_names, values)))
 
-    eval_step = train_step  # an inference program has no update ops
+    def eval_step(self, batch, metrics):
+        return self.train_step(batch, metrics)  # an inference program has no update ops
 
     def _get(self, name):
         return np.array(self.scope.find_var(name).get_tensor())

@@ -13,8 +13,13 @@ RUNNER_KEYS = [
         "where parsed data files are cached (per file, checked against the file's size and mtime); default: "
         "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none: no cache; relative to the config file"),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
-    Key("runner.train_batch_size", "int", 1024, "samples per training step", minimum=1),
-    Key("runner.infer_batch_size", "int", 1024, "samples per evaluation step", minimum=1),
+    Key("runner.use_fleet", "bool", False,
+        "run as the N processes python -m paddle.distributed.launch starts: each takes every N-th batch; "
+        "gradients, metrics and predictions are global; rank 0 writes"),
+    Key("runner.train_batch_size", "int", 1024, "samples per training step (of each process with use_fleet)",
+        minimum=1),
+    Key("runner.infer_batch_size", "int", 1024, "samples per evaluation step (of each process with use_fleet)",
+        minimum=1),
     Key("runner.epochs", "int", 1, "training epochs", minimum=1),
     Key("runner.print_interval", "int", 100, "log a progress line every this many batches", minimum=1),
     Key("runner.seed", "int", 2022, "seed of parameter initialisation", minimum=0, maximum=2 ** 32 - 1),

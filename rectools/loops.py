@@ -5,95 +5,30 @@ Two seams are explicit arguments: `shard` (rectools.data.Shard: which samples th
 and `gather` (rectools.contract.Gather: which predictions go into an epoch's metrics; by default
 this process's own). Each epoch's predictions are returned with their sample ids, so callers (the
 command lines, a benchmark against a known truth, several processes) share this one loop.
+`group` (rectools.distributed.Group) is the processes of a job: it supplies both seams, runs the
+training steps in lockstep, totals the loss sums, and lets only rank 0 write.
 """
 import logging
 import math
 import os
-import time
-import weakref
 
 from . import checkpoint, records
-from .data import Shard, epoch_batches, reader, rows
+from .data import epoch_batches, reader, rows
+from .distributed import LOCAL
 from .engines import ENGINES
 from .errors import ConfigError, UserError
 from .metrics import Accumulator
+from .progress import Progress, expected_samples, remember_pass
 
 log = logging.getLogger("rectools")
-
-
-FIRST_LINE = 10  # batches before the first progress line when print_interval is larger: a sign of life
-
-_passes = weakref.WeakKeyDictionary()  # reader -> {shard: samples it read in its last pass}
-
-
-def expected_samples(dataset, shard=Shard()):
-    """Samples this shard will read in a pass over `dataset`, for the ETA: what the previous pass over
-    the same reader read in this process, else the reader's size() (optional, rectools.contract.Reader)
-    shared among the shards; None when neither is known."""
-    try:
-        seen = _passes.get(dataset, {}).get(shard)
-    except TypeError:  # a reader that cannot be weakly referenced
-        seen = None
-    if seen is not None:
-        return seen
-    size = getattr(dataset, "size", None)
-    total = size() if callable(size) else None
-    return None if total is None else -(-int(total) // shard.count)
-
-
-def _remember_pass(dataset, shard, samples):
-    try:
-        _passes.setdefault(dataset, {})[shard] = samples
-    except TypeError:
-        pass
-
-
-def _clock(seconds):
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-class Progress:
-    """Progress lines of one pass over data: after the first FIRST_LINE batches (when print_interval
-    is larger), then every print_interval batches,
-    `<prefix>, batch_id: <batches>, <details>, ips: <samples/s since the last line> ins/s`, ending in
-    `, eta: h:mm:ss` (at the pass's mean rate so far) when `total`, the pass's samples, is known."""
-
-    def __init__(self, prefix, interval, total=None):
-        self.prefix, self.interval, self.total = prefix, interval, total
-        self.start = self.mark = time.perf_counter()
-        self.samples = self.batches = self.mark_samples = self.mark_batches = 0
-
-    def due(self, size):
-        """Count a batch of `size` samples; True when a progress line is due after it."""
-        self.batches += 1
-        self.samples += size
-        return self.batches % self.interval == 0 or self.batches == FIRST_LINE < self.interval
-
-    @property
-    def span(self):
-        """(batches, samples) since the last line."""
-        return self.batches - self.mark_batches, self.samples - self.mark_samples
-
-    def line(self, details=None):
-        """Log the progress line with `details` ({name: value}) and start the next span."""
-        now = time.perf_counter()
-        parts = [f"{self.prefix}, batch_id: {self.batches}"] + ([records.format_metrics(details)] if details else [])
-        parts.append(f"ips: {self.span[1] / max(now - self.mark, 1e-9):.1f} ins/s")
-        if self.total and self.total > self.samples:
-            parts.append(f"eta: {_clock((self.total - self.samples) * (now - self.start) / self.samples)}")
-        log.info(", ".join(parts))
-        self.mark, self.mark_batches, self.mark_samples = now, self.batches, self.samples
-
-    def seconds(self):
-        return time.perf_counter() - self.start
 
 
 def aucs(values):
     return {k: v for k, v in values.items() if k.startswith("auc")}
 
 
-def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=Shard(), gather=None, curves=None):
+def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.shard, gather=None, group=LOCAL,
+              lockstep=False, curves=None):
     """One pass of `step` (engine.train_step or engine.eval_step) over this shard of `dataset`.
 
     Returns (record, predictions): the epoch's record (epoch, mean loss terms per sample, seconds,
@@ -101,13 +36,19 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=Shard(),
     {name: 1-D array} with `sample_id`, in batch order. Progress lines show the epoch's mean loss
     terms so far and the AUCs of the batches since the last line; `curves` (rectools.records.Curves)
     gets the loss terms and AUCs of those batches at each line and the epoch's at its end.
-    Raises UserError when no sample was read.
+    With `lockstep` (training on several processes) the steps run in group.lockstep's rounds; loss
+    sums and sample counts are totalled over `group`. Raises UserError when no sample was read (by
+    any process).
     """
     metrics = Accumulator()
     progress = Progress(f"epoch: {epoch}", interval, expected_samples(dataset, shard))
     sums, at_mark = {}, {}
-    for batch in epoch_batches(dataset, batch_size, shard):
-        terms = step(batch, metrics)
+    batches = epoch_batches(dataset, batch_size, shard)
+    for batch, weight in group.lockstep(batches) if lockstep else ((b, None) for b in batches):
+        if weight == 0.0:  # a stand-in step of the last round (rectools.distributed): not counted
+            step(batch, Accumulator(), weight)
+            continue
+        terms = step(batch, metrics) if weight is None else step(batch, metrics, weight)
         metrics.add(sample_id=batch["sample_id"])
         size = rows(batch)
         for name, value in terms.items():
@@ -120,16 +61,20 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=Shard(),
                            curves.batches + progress.batches)
             progress.line({**{k: v / progress.samples for k, v in sums.items()}, **window})
             at_mark = dict(sums)
-    if not progress.samples:
-        raise UserError(f"no samples in {', '.join(dataset.file_list)}")
-    _remember_pass(dataset, shard, progress.samples)
+    remember_pass(dataset, shard, progress.samples)
     seconds = progress.seconds()
-    means = {name: total / progress.samples for name, total in sums.items()}
+    samples = progress.samples
+    if group.size > 1:
+        sums = group.sum({**sums, "": samples})
+        samples = sums.pop("")
+    if not samples:
+        raise UserError(f"no samples in {', '.join(dataset.file_list)}")
+    means = {name: total / samples for name, total in sums.items()}
     predictions = metrics.arrays()
     if gather is not None:
         predictions = gather(predictions)
     record = {"epoch": epoch, **means, "seconds": round(seconds, 3),
-              "ips": round(progress.samples / seconds, 1) if seconds > 0 else None,
+              "ips": round(samples / seconds, 1) if seconds > 0 else None,
               **engine.summarize_metrics(predictions)}
     if curves is not None:
         curves.batches += progress.batches
@@ -166,25 +111,36 @@ def output_folder(config, claim=False):
     return folder
 
 
-def train(config, package, mode="dygraph", shard=Shard(), gather=None):
+def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
     """tools/trainer.py and tools/static_trainer.py: runner.epochs epochs from runner.model_init_path
     (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch (rectools.records: an
-    epoch's line is replaced only once its new checkpoint is in place). Returns the records."""
+    epoch's line is replaced only once its new checkpoint is in place). Returns the records.
+
+    shard and gather default to `group`'s; with several processes every rank trains and returns
+    the same records, rank 0 alone writes them, and the ranks' parameters are checked to be
+    identical after each epoch."""
     config.require("runner.train_data_dir", by="the trainer")
     dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
     engine = ENGINES[mode](config, package, train=True)
-    save_root = output_folder(config, claim=True)  # first: it recovers an epoch a killed run was replacing
+    batch_size = config["runner.train_batch_size"]
+    shard = group.shard if shard is None else shard
+    gather = group.gather(batch_size) if gather is None else gather
+    group.check_data(dataset.file_list)
+    save_root = output_folder(config, claim=group.main)  # first: it recovers an epoch a killed run was replacing
+    group.barrier()  # the others read model_init_path once rank 0 has recovered the folder
     first_epoch = 0
     if config["runner.model_init_path"]:
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
                                                  "runner.model_init_path", True) + 1
     metrics_file = os.path.join(save_root, records.TRAIN)
-    records.recover(metrics_file, save_root)  # a line a stopped run did not write
     run = records.new_run()
-    curves = curves_for(config, "train", run)
-    # A run from epoch k leaves what is there until it replaces it: an epoch's checkpoint and its line
-    # are replaced together, when this run saves that epoch; later epochs of an earlier run stay.
-    earlier = sorted(e for e in records.saved_manifests(save_root) if e >= first_epoch)
+    curves, earlier = None, []
+    if group.main:
+        records.recover(metrics_file, save_root)  # a line a stopped run did not write
+        curves = curves_for(config, "train", run)
+        # A run from epoch k leaves what is there until it replaces it: an epoch's checkpoint and its line
+        # are replaced together, when this run saves that epoch; later epochs of an earlier run stay.
+        earlier = sorted(e for e in records.saved_manifests(save_root) if e >= first_epoch)
     if earlier:
         log.info("%s holds checkpoints of epochs %s from an earlier run: each, with its line in %s, is "
                  "replaced when this run saves that epoch", save_root, _epochs(earlier), records.TRAIN)
@@ -198,17 +154,22 @@ def train(config, package, mode="dygraph", shard=Shard(), gather=None):
                                                      os.path.join(folder, checkpoint.INFERENCE_DIR))
     done = []
     for epoch in range(first_epoch, config["runner.epochs"]):
-        record, _ = run_epoch(engine, engine.train_step, dataset, config["runner.train_batch_size"], epoch,
-                              config["runner.print_interval"], shard, gather, curves)
+        record, _ = run_epoch(engine, engine.train_step, dataset, batch_size, epoch, config["runner.print_interval"],
+                              shard, gather, group, lockstep=True, curves=curves)
         record = {"epoch": epoch, "run": run, **record}
         log_record("epoch", record)
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
-        saved = checkpoint.save(save_root, epoch, lambda folder: checkpoint.write_checkpoint(engine, folder, export),
-                                mode=engine.mode, run=run, record=records.clean(record))
-        log.info("saved checkpoint %s", saved)
-        records.put(metrics_file, record)
+        if group.size > 1:
+            log.info("parameters identical on all %d processes (sha256 %s)", group.size,
+                     group.check_parameters(engine.parameters())[:16])
+        if group.main:
+            saved = checkpoint.save(save_root, epoch,
+                                    lambda folder: checkpoint.write_checkpoint(engine, folder, export),
+                                    mode=engine.mode, run=run, record=records.clean(record))
+            log.info("saved checkpoint %s", saved)
+            records.put(metrics_file, record)
         done.append(record)
     left = [e for e in earlier if e >= config["runner.epochs"]]
     if left:
@@ -224,11 +185,13 @@ def _epochs(epochs):
     return ", ".join(map(str, epochs))
 
 
-def infer(config, package, mode="dygraph", shard=Shard(), gather=None):
+def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
     """tools/infer.py and tools/static_infer.py: evaluates the checkpoints of epochs infer_start_epoch
     .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each (replacing the line of
     an epoch evaluated before; `run` names the training run of the checkpoint evaluated).
-    Returns [(record, predictions)] per epoch (see run_epoch)."""
+    Returns [(record, predictions)] per epoch (see run_epoch). shard and gather default to
+    `group`'s: every rank evaluates its shard and returns the metrics and predictions of all; rank
+    0 alone writes the records."""
     config.require("runner.test_data_dir", by="infer")
     load_root = config["runner.infer_load_path"] or config["runner.model_save_path"]
     end = config["runner.infer_end_epoch"]
@@ -240,16 +203,21 @@ def infer(config, package, mode="dygraph", shard=Shard(), gather=None):
     folders = [checkpoint.epoch_folder(load_root, e, "runner.infer_load_path") for e in epochs]  # fail early
     dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
     engine = ENGINES[mode](config, package, train=False)
-    metrics_file = os.path.join(output_folder(config), records.INFER)
-    curves = curves_for(config, "infer", records.new_run())
+    batch_size = config["runner.infer_batch_size"]
+    shard = group.shard if shard is None else shard
+    gather = group.gather(batch_size) if gather is None else gather
+    group.check_data(dataset.file_list)
+    metrics_file = os.path.join(output_folder(config), records.INFER) if group.main else None
+    curves = curves_for(config, "infer", records.new_run()) if group.main else None
     results = []
     for epoch, folder in zip(epochs, folders):
         checkpoint.load_checkpoint(engine, folder, "runner.infer_load_path", False)
-        record, predictions = run_epoch(engine, engine.eval_step, dataset, config["runner.infer_batch_size"], epoch,
-                                        config["runner.print_interval"], shard, gather, curves)
+        record, predictions = run_epoch(engine, engine.eval_step, dataset, batch_size, epoch,
+                                        config["runner.print_interval"], shard, gather, group, curves=curves)
         record = {"epoch": epoch, "run": records.checkpoint_run(folder), **record}  # which training run's
         log_record("infer epoch", record)
-        records.put(metrics_file, record)  # an epoch evaluated again replaces its line
+        if group.main:
+            records.put(metrics_file, record)  # an epoch evaluated again replaces its line
         results.append((record, predictions))
     if curves is not None:
         curves.close()

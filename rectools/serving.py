@@ -2,6 +2,7 @@
 says how), and batch prediction with the exported model through paddle.inference, which streams a
 data folder into one CSV line per impression (sample_id, then the model's outputs). Memory stays at
 one batch; every output appears whole, under its name, only when complete."""
+import contextlib
 import json
 import logging
 import os
@@ -11,9 +12,10 @@ import paddle
 
 from . import checkpoint
 from .data import epoch_batches, reader
+from .distributed import LOCAL
 from .engines import dygraph_mode, dygraph_network, place
 from .errors import ConfigError
-from .loops import Progress, expected_samples
+from .progress import Progress, expected_samples
 from .model_loader import model_module
 
 log = logging.getLogger("rectools")
@@ -94,7 +96,8 @@ def create_predictor(model_dir, serving, config):
     settings = inference.Config(os.path.join(model_dir, serving.MODEL), os.path.join(model_dir, serving.PARAMS))
     settings.disable_glog_info()  # one line per optimisation pass otherwise
     if config["runner.use_gpu"]:
-        settings.enable_use_gpu(256, 0)
+        gpu = int(os.environ.get("FLAGS_selected_gpus", "0").split(",")[0])  # paddle.distributed.launch's for this rank
+        settings.enable_use_gpu(256, gpu)
     else:
         settings.disable_gpu()
         settings.set_cpu_math_library_num_threads(config["runner.predict_threads"])
@@ -109,10 +112,12 @@ def run_batch(predictor, feeds, outputs):
     return [predictor.get_output_handle(name).copy_to_cpu().reshape(-1) for name in outputs]
 
 
-def predict(config, package):
+def predict(config, package, group=LOCAL):
     """tools/predict.py: runner.predict_data_dir (default test_data_dir) scored by the exported model
-    into runner.predict_output (CSV: sample_id, then the folder's serving.OUTPUTS), with progress
-    lines as training's (rectools.loops.Progress)."""
+    into runner.predict_output (CSV: sample_id, then the folder's serving.OUTPUTS), in input order,
+    with progress lines as training's (rectools.loops.Progress). With several processes (`group`,
+    rectools.distributed) each scores its shard's batches and rank 0 alone writes the one file,
+    receiving the others' rows round by round (Group.in_order)."""
     place(config)  # runner.use_gpu on a build without CUDA: the trainers' one-line error
     serving = serving_module(package)
     model_dir = config["runner.inference_model_dir"] or os.path.join(
@@ -124,13 +129,19 @@ def predict(config, package):
     output = config["runner.predict_output"] or os.path.join(config["runner.model_save_path"], "predictions.csv")
     if os.path.isdir(output):
         raise ConfigError(f"runner.predict_output: {output} is a folder; name the file to write")
+    group.check_data(dataset.file_list)
+
+    def scored():  # this rank's batches: (sample_id int64 [B], [output float32 [B], ...])
+        for batch in epoch_batches(dataset, config["runner.infer_batch_size"], group.shard):
+            yield batch["sample_id"], run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
+
     progress = Progress("predict", config["runner.print_interval"], expected_samples(dataset))
-    with checkpoint.atomic_file(output) as f:
-        f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
-        for batch in epoch_batches(dataset, config["runner.infer_batch_size"]):
-            values = run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
-            table = np.empty((len(values[0]), 1 + len(values)), dtype=object)  # int64 ids stay exact
-            table[:, 0] = batch["sample_id"]
+    with checkpoint.atomic_file(output) if group.main else contextlib.nullcontext() as f:
+        if group.main:
+            f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
+        for sample_id, values in group.in_order(scored()):  # every rank's batches on rank 0, none on the others
+            table = np.empty((len(sample_id), 1 + len(values)), dtype=object)  # int64 ids stay exact
+            table[:, 0] = sample_id
             table[:, 1:] = np.column_stack(values)
             np.savetxt(f, table, fmt=["%d"] + ["%.7g"] * len(values), delimiter=",")
             if progress.due(len(table)):

@@ -2,7 +2,6 @@
 a logistic regression on dense features, trains, evaluates, exports and serves through the same
 tools in both graph modes, with nothing of it in rectools."""
 import csv
-import os
 import textwrap
 
 import numpy as np

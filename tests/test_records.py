@@ -6,7 +6,8 @@ import os
 import pytest
 
 from conftest import MODEL_DIR, data_overrides, model_config
-from rectools import checkpoint, engines, loops, model_loader, records
+from rectools import checkpoint, engines, loops, model_loader, progress, records
+from rectools.data import Shard, reader
 
 
 def lines(path):
@@ -79,7 +80,7 @@ class SizedReader:
 def test_progress_comes_after_a_few_batches_with_an_eta_when_the_size_is_known(synthetic, caplog):
     config = model_config([*data_overrides(synthetic), "runner.print_interval=1000"])
     package = model_loader.import_model_package(MODEL_DIR)
-    plain = loops.reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
+    plain = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
     engine = engines.DygraphEngine(config, package, train=True)
 
     def progress_lines(dataset, epoch):
@@ -89,10 +90,10 @@ def test_progress_comes_after_a_few_batches_with_an_eta_when_the_size_is_known(s
         return [r.getMessage() for r in caplog.records if "batch_id" in r.getMessage()]
 
     (first,) = progress_lines(plain, 0)  # 24 batches, print_interval 1000: one line, at batch FIRST_LINE
-    assert first.startswith(f"epoch: 0, batch_id: {loops.FIRST_LINE}, loss: ") and first.endswith(" ins/s")
+    assert first.startswith(f"epoch: 0, batch_id: {progress.FIRST_LINE}, loss: ") and first.endswith(" ins/s")
     (again,) = progress_lines(plain, 1)  # a second pass over the same reader knows its size
-    assert again.startswith(f"epoch: 1, batch_id: {loops.FIRST_LINE}, ") and ", eta: 0:00:" in again
+    assert again.startswith(f"epoch: 1, batch_id: {progress.FIRST_LINE}, ") and ", eta: 0:00:" in again
     (sized,) = progress_lines(SizedReader(plain, 6000), 0)
     assert ", eta: 0:00:" in sized
-    assert loops.expected_samples(SizedReader(plain, 6000), loops.Shard(1, 4)) == 1500
-    assert loops.expected_samples(SizedReader(plain, None)) is None
+    assert progress.expected_samples(SizedReader(plain, 6000), Shard(1, 4)) == 1500
+    assert progress.expected_samples(SizedReader(plain, None)) is None

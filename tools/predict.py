@@ -1,4 +1,5 @@
-"""Score a data folder with an exported model (paddle.inference): python tools/predict.py -m CONFIG [-o runner.inference_model_dir=DIR runner.predict_data_dir=DIR runner.predict_output=FILE]"""
+"""Score a data folder with an exported model (paddle.inference): python tools/predict.py -m CONFIG [-o runner.inference_model_dir=DIR runner.predict_data_dir=DIR runner.predict_output=FILE]
+Several processes: python -m paddle.distributed.launch --nproc_per_node N tools/predict.py -m CONFIG -o runner.use_fleet=True"""
 import os
 import sys
 
@@ -8,8 +9,9 @@ from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's fr
 
 
 def main(config_path, overrides):
-    from rectools import model_loader, serving
-    serving.predict(*model_loader.load(config_path, overrides))
+    from rectools import distributed, model_loader, serving
+    config, package = model_loader.load(config_path, overrides)
+    serving.predict(config, package, distributed.group(config))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's fr
 
 
 def main(config_path, overrides):
-    from rectools import loops, model_loader
-    loops.infer(*model_loader.load(config_path, overrides), mode="static")
+    from rectools import distributed, loops, model_loader
+    config, package = model_loader.load(config_path, overrides)
+    loops.infer(config, package, mode="static", group=distributed.group(config))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Train a model folder in dygraph mode: python -u tools/trainer.py -m CONFIG [-o key=value ...]"""
+"""Train a model folder in dygraph mode: python -u tools/trainer.py -m CONFIG [-o key=value ...]
+Several processes: python -m paddle.distributed.launch --nproc_per_node N tools/trainer.py -m CONFIG -o runner.use_fleet=True"""
 import os
 import sys
 
@@ -8,8 +9,9 @@ from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's fr
 
 
 def main(config_path, overrides):
-    from rectools import loops, model_loader
-    loops.train(*model_loader.load(config_path, overrides))
+    from rectools import distributed, loops, model_loader
+    config, package = model_loader.load(config_path, overrides)
+    loops.train(config, package, group=distributed.group(config))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ KEYS = [
     Key("hyper_parameters.optimizer.class", "str", "adam", "optimizer", choices=("adam", "sgd")),
     Key("hyper_parameters.optimizer.learning_rate", "float", 0.001, "learning rate", minimum=0),
     Key("hyper_parameters.optimizer.strategy", "str", None,
-        "PaddleRec's parameter-server strategy; training here is single-process", ignored=True),
+        "PaddleRec's parameter-server strategy; several processes train collectively here (runner.use_fleet)",
+        ignored=True),
 ]
 
 
