@@ -98,3 +98,19 @@ def test_real_shape_lines_have_the_real_data_s_size_and_id_layout(tmp_path):
         assert fast_counts == counts and all(np.array_equal(fast[k], reference[k]) for k in reference)
     refused = run(tmp_path / "c", "--selection-bias", "0.3")
     assert refused.returncode == 2 and "selection_bias does not apply to shape 'real'" in refused.stderr
+
+
+def test_a_hidden_confounder_changes_the_truth_but_no_feature(tmp_path):
+    plain = generate(tmp_path / "a", "--selection-bias", "0", "--ctr", "0.1", "--cvr", "0.1")["splits"]["train"]
+    hidden = generate(tmp_path / "b", "--selection-bias", "0", "--ctr", "0.1", "--cvr", "0.1",
+                      "--hidden-confounding", "0.6")["splits"]["train"]
+    assert hidden["logit_correlation"] == pytest.approx(0.36, abs=0.03)  # (1 - h^2) rho + h^2
+    assert hidden["selection_strength"] > 1.15 > plain["selection_strength"]
+    assert hidden["selection_strength"] == pytest.approx(
+        hidden["mean_true_cvr_clicked"] / hidden["mean_true_cvr_all"])
+
+    def features(folder):
+        with open(tmp_path / folder / "train" / "part-00000.txt") as f:
+            return [line.split(",", 3)[3] for line in f]
+    assert features("a") == features("b")  # written to no feature: the lines differ in labels only
+    assert (tmp_path / "a" / "truth" / "train.csv").read_bytes() != (tmp_path / "b" / "truth" / "train.csv").read_bytes()
