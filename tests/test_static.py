@@ -45,6 +45,10 @@ def trajectory(engine, data):
                                        ["runner.counterfact_mode=DR", "hyper_parameters.ipw_normalization=self",
                                         "hyper_parameters.imputation_weight=mrdr", "hyper_parameters.backbone=mmoe"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.ipw_normalization=self"],
+                                       ["runner.counterfact_mode=DR", "hyper_parameters.interaction=fm",
+                                        "hyper_parameters.dr_imputation=label"],
+                                       ["runner.counterfact_mode=IPW", "hyper_parameters.interaction=fm",
+                                        "hyper_parameters.backbone=mmoe"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.optimizer.class=sgd",
                                         "hyper_parameters.optimizer.learning_rate=0.05"]])
 def test_static_training_follows_dygraph_step_for_step(overrides):

@@ -8,9 +8,11 @@ ALI_CCP_FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "
 
 COUNTERFACT_MODES = ("ESMM", "NAIVE", "IPW", "DR")
 BACKBONES = ("mlp", "mmoe")
+INTERACTIONS = ("none", "fm")
 
 # the keys whose values decide which parameters the net has (named when a checkpoint does not fit)
-PARAMETER_KEYS = ("runner.counterfact_mode", "hyper_parameters.backbone", "hyper_parameters.fields",
+PARAMETER_KEYS = ("runner.counterfact_mode", "hyper_parameters.backbone", "hyper_parameters.interaction",
+                  "hyper_parameters.fields",
                   "hyper_parameters.ctr_fc_sizes", "hyper_parameters.cvr_fc_sizes")
 
 KEYS = [
@@ -35,6 +37,9 @@ KEYS = [
     Key("hyper_parameters.backbone", "str", "mlp",
         "mlp: one MLP tower per task on the embeddings (the paper); mmoe: towers on a shared MMoE",
         choices=BACKBONES),
+    Key("hyper_parameters.interaction", "str", "none",
+        "none, or fm: add a second-order factorization-machine term over the fields' pooled embeddings "
+        "(one weight vector per tower) to every tower's logit", choices=INTERACTIONS),
     Key("hyper_parameters.ctr_fc_sizes", "int_list", [256, 64], "hidden layers of the CTR tower (mlp)"),
     Key("hyper_parameters.cvr_fc_sizes", "int_list", [256, 64],
         "hidden layers of the CVR tower and of DR's imputation tower (mlp)"),
