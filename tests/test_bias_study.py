@@ -33,6 +33,11 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
             assert json.load(f)["splits"]["test"]["selection_strength"] == pytest.approx(run["selection_strength"],
                                                                                          rel=1e-4)
         assert run["ieb"] == pytest.approx(run["mean_pcvr"] - run["mean_true_cvr"])
+        if run["backbone"] == "mmoe":  # one gate per tower: CTR, CVR and DR's imputation tower
+            assert len(run["gate_entropy"]) == (3 if run["mode"] == "DR" else 2)
+            assert all(0 <= h <= np.log(8) + 1e-6 for h in run["gate_entropy"])
+        else:
+            assert "gate_entropy" not in run
     strength = {r["data_set"]: r["selection_strength"] for r in runs}
     assert strength["hidden"] > 1.5 > strength["rho0"]
     table = (tmp_path / "results.md").read_text().splitlines()

@@ -26,8 +26,11 @@ import time
 
 import numpy as np
 
-from rectools import checkpoint, loops, model_loader
+import paddle
+
+from rectools import checkpoint, engines, loops, model_loader
 from rectools.config import REQUIRED, Key, load_config
+from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError
 from rectools.metrics import auc, ctr_cvr_report, logloss
 
@@ -201,8 +204,28 @@ def run_one(job):
                                 truth))
     result["pcvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], predictions["pcvr"])
     result["true_cvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], truth["true_cvr"])
+    if job["backbone"] == "mmoe":
+        result["gate_entropy"] = gate_entropies(config, package, job["run_dir"])
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def gate_entropies(config, package, run_dir):
+    """Per tower of the trained MMoE (CTR, CVR[, imputation]), the mean entropy in nats of its gate's
+    weights over the test impressions: ln(expert_num) for a uniform gate, 0 for a gate collapsed onto
+    one expert."""
+    folder = checkpoint.epoch_folder(run_dir, config["runner.epochs"] - 1, "runner.model_save_path")
+    params = checkpoint.load_arrays(os.path.join(folder, checkpoint.PARAMS), "runner.model_save_path")
+    totals, rows = None, 0
+    with engines.dygraph_mode(), paddle.no_grad():
+        net = engines.dygraph_network(config, package, params)[1]
+        dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
+        for batch in epoch_batches(dataset, config["runner.infer_batch_size"]):
+            gates = [g.numpy() for g in net.gate_weights(paddle.to_tensor(batch["ids"]))]
+            sums = [float(-(g * np.log(np.maximum(g, 1e-12))).sum()) for g in gates]
+            totals = sums if totals is None else [t + s for t, s in zip(totals, sums)]
+            rows += len(batch["ids"])
+    return [t / rows for t in totals]
 
 
 def run(suite):
@@ -262,13 +285,15 @@ def summarize(results):
     for r in results:
         groups.setdefault((r["data_set"], r["backbone"], r["variant"]), []).append(r)
     return {key: {m: (float(np.mean([r[m] for r in runs])), float(np.std([r[m] for r in runs])))
-                  for m in METRICS + ["mean_pcvr", "mean_true_cvr", "selection_strength"]} | {"seeds": len(runs)}
+                  for m in METRICS + ["mean_pcvr", "mean_true_cvr", "selection_strength"]}
+            | {"seeds": len(runs), "gate_entropy": np.mean([r["gate_entropy"] for r in runs], axis=0).tolist()
+               if "gate_entropy" in runs[0] else None}
             for key, runs in groups.items()}
 
 
 def markdown(results, suite):
-    rows = ["| data set | selection strength | backbone | variant | " + " | ".join(HEADERS[m] for m in METRICS) + " |",
-            "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " |"]
+    rows = ["| data set | selection strength | backbone | variant | " + " | ".join(HEADERS[m] for m in METRICS)
+            + " | gate entropy (CTR, CVR) |", "| --- | --- | --- | --- | " + " | ".join("---" for _ in METRICS) + " | --- |"]
     for (name, backbone, variant), stats in summarize(results).items():
         cells = []
         for m in METRICS:
@@ -276,6 +301,8 @@ def markdown(results, suite):
             cells.append(f"{mean:+.1%} ± {std:.1%}" if m == "ieb_rel" else
                          f"{mean:+.4f} ± {std:.4f}" if m == "ieb" else f"{mean:.4f} ± {std:.4f}")
         strength = stats["selection_strength"][0]
+        gates = stats["gate_entropy"]
+        cells.append("–" if gates is None else f"{gates[0]:.2f}, {gates[1]:.2f}")
         rows.append(f"| {name} | {strength:.2f}x | {backbone} | {variant} | " + " | ".join(cells) + " |")
     seeds = len(suite["suite.seeds"])
     sets = "; ".join(f"{name}: {' '.join(args) or 'generator defaults'}" for name, args in suite["suite.data_sets"])
@@ -283,7 +310,9 @@ def markdown(results, suite):
             f"impressions per data set, CTR {suite['data.ctr']:g}, CVR among clicks {suite['data.cvr']:g}, "
             f"generator arguments {' '.join(suite['data.extra_args']) or '(defaults)'}, and per data set: {sets}. "
             "Selection strength = clicked test impressions' mean true CVR / all test impressions'. "
-            "IEB = mean pCVR - mean true CVR over all test impressions (relative: / mean true CVR).\n")
+            "IEB = mean pCVR - mean true CVR over all test impressions (relative: / mean true CVR). "
+            "Gate entropy: mean over test impressions of the MMoE gate's entropy in nats (uniform over the "
+            "experts: ln(expert_num); collapsed onto one expert: 0).\n")
     return "\n".join(rows) + "\n" + note
 
 

@@ -49,7 +49,11 @@ class MMoE(nn.Layer):
 
     def forward(self, x):
         experts = F.relu(self.experts(x)).reshape([-1, self.expert_num, self.expert_size])
-        return [paddle.sum(experts * F.softmax(gate(x)).unsqueeze(-1), axis=1) for gate in self.gates]
+        return [paddle.sum(experts * weights.unsqueeze(-1), axis=1) for weights in self.gate_weights(x)]
+
+    def gate_weights(self, x):
+        """Per task, its gate's softmax weights over the experts, [batch, expert_num] each."""
+        return [F.softmax(gate(x)) for gate in self.gates]
 
 
 IMPUTATIONS = ("error", "label")
@@ -101,6 +105,12 @@ class ESCM2Net(nn.Layer):
     def forward(self, ids):
         """(pCTR, pCVR, pCTCVR[, imputation q]), each float32 [batch]."""
         return self.heads(self.embedding(ids))
+
+    def gate_weights(self, ids):
+        """MMoE backbone only: per tower (CTR, CVR[, imputation]) its gate's weights over the
+        experts, float32 [batch, expert_num] each (for diagnosing gate collapse)."""
+        x = self.embedding(ids).sum(axis=2).reshape([-1, self.input_width])
+        return self.mmoe.gate_weights(x)
 
     def heads(self, embedded):
         """The towers on looked-up embeddings [batch, fields, max_len, dim] (padding rows zero)."""
