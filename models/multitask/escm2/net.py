@@ -77,7 +77,7 @@ class ESCM2Net(nn.Layer):
 
     def __init__(self, sparse_feature_number, sparse_feature_dim, num_fields, imputation=None,
                  backbone="mlp", ctr_fc_sizes=(256, 64), cvr_fc_sizes=(256, 64),
-                 expert_num=8, expert_size=16, tower_size=8, interaction="none"):
+                 expert_num=8, expert_size=64, tower_size=32, interaction="fm"):
         super().__init__()
         if imputation is not None and imputation not in IMPUTATIONS:
             raise ValueError(f"unknown imputation {imputation!r}")
