@@ -13,6 +13,7 @@ def test_train_then_infer_from_another_directory(synthetic, tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     common = ["-o", *data_overrides(synthetic), "runner.model_save_path=out", "runner.epochs=2",
+              "runner.counterfact_mode=DR",
               "runner.train_batch_size=256", "runner.print_interval=5"]
     train = ok(run_tool("trainer.py", "-m", CONFIG, *common, cwd=str(cwd)))
     progress = [line for line in train.stdout.splitlines() if "epoch: 0, batch_id: 5, loss:" in line]

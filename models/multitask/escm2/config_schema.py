@@ -19,7 +19,7 @@ KEYS = [
     Key("runner.train_reader_path", "str", "escm_reader",
         "reader module in the model folder: escm_reader (PaddleRec's Ali-CCP lines)"),
     Key("runner.infer_reader_path", "str", "escm_reader", "reader module used by infer and predict"),
-    Key("runner.counterfact_mode", "str", "DR",
+    Key("runner.counterfact_mode", "str", "IPW",
         "CVR risk: ESMM (none), NAIVE (clicked impressions only), IPW or DR (ESCM2)",
         choices=COUNTERFACT_MODES),
     Key("hyper_parameters.sparse_feature_number", "int", REQUIRED,
@@ -55,7 +55,7 @@ KEYS = [
     Key("hyper_parameters.global_w", "float", 0.5, "lambda_g, weight of the CTCVR risk", minimum=0),
     Key("hyper_parameters.propensity_floor", "float", 0.002,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6, maximum=1.0),
-    Key("hyper_parameters.ipw_normalization", "str", "batch",
+    Key("hyper_parameters.ipw_normalization", "str", "self",
         "divisor of the inverse-propensity-weighted sums of IPW and DR: batch (the batch size, the paper) "
         "or self (the sum of the weights, SNIPS; a weighted sum over a batch without clicks is 0)", choices=("batch", "self")),
     Key("hyper_parameters.dr_imputation", "str", "error",
