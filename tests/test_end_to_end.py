@@ -61,7 +61,7 @@ def test_every_mode_and_backbone_trains_and_evaluates(synthetic, tmp_path, overr
 def test_a_checkpoint_of_another_mode_is_refused_clearly(synthetic, tmp_path):
     args = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.model_save_path={tmp_path}", "runner.epochs=1"]
     ok(run_tool("trainer.py", *args, "runner.counterfact_mode=IPW", cwd=str(tmp_path)))
-    result = run_tool("infer.py", *args, "runner.infer_end_epoch=1", cwd=str(tmp_path))
+    result = run_tool("infer.py", *args, "runner.infer_end_epoch=1", "runner.counterfact_mode=DR", cwd=str(tmp_path))
     assert result.returncode == 2
     assert "does not fit this model" in result.stderr and "counterfact_mode" in result.stderr
 
