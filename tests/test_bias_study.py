@@ -3,6 +3,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, REPO, documented_reference, run_tool
@@ -15,35 +16,59 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(tmp_path / "results.jsonl") as f:
         runs = [json.loads(line) for line in f]
-    assert len(runs) == 2 * 2 * 2 * 2  # bias levels x backbones x modes x seeds
+    assert len(runs) == 2 * 2 * 2 * 2  # data sets x backbones x variants x seeds
     for run in runs:
-        assert 0 < run["auc_ctr"] < 1 and 0 < run["auc_cvr_all"] < 1
+        assert 0 < run["auc_ctr"] < 1 and 0 < run["auc_cvr_all"] < 1 and -1 <= run["pctr_corr"] <= 1
         assert len(run["pcvr_by_ctr_decile"]) == 10
-        # the truth side is the generator's: its test split's mean true CVR, read independently here
-        truth_file = tmp_path / "data" / f"bias-{run['bias']:g}" / "synthetic" / "truth" / "test.csv"
-        with open(truth_file) as f:
-            true_cvr = [float(row["true_cvr"]) for row in csv.DictReader(f)]
-        assert run["mean_true_cvr"] == pytest.approx(sum(true_cvr) / len(true_cvr), rel=1e-9)
+        assert run["mode"] == {"ESMM": "ESMM", "DR-label": "DR"}[run["variant"]]
+        # the truth side is the generator's: its test split, read independently here
+        folder = tmp_path / "data" / run["data_set"] / "synthetic"
+        with open(folder / "truth" / "test.csv") as f:
+            rows = list(csv.DictReader(f))
+        true_cvr = np.array([float(row["true_cvr"]) for row in rows])
+        clicked = np.array([row["click"] == "1" for row in rows])
+        assert run["mean_true_cvr"] == pytest.approx(true_cvr.mean(), rel=1e-9)
+        assert run["selection_strength"] == pytest.approx(true_cvr[clicked].mean() / true_cvr.mean(), rel=1e-9)
+        with open(folder / "meta.json") as f:
+            assert json.load(f)["splits"]["test"]["selection_strength"] == pytest.approx(run["selection_strength"],
+                                                                                         rel=1e-4)
         assert run["ieb"] == pytest.approx(run["mean_pcvr"] - run["mean_true_cvr"])
+        if run["backbone"] == "mmoe":  # one gate per tower: CTR, CVR and DR's imputation tower
+            assert len(run["gate_entropy"]) == (3 if run["mode"] == "DR" else 2)
+            assert all(0 <= h <= np.log(8) + 1e-6 for h in run["gate_entropy"])
+        else:
+            assert "gate_entropy" not in run
+    strength = {r["data_set"]: r["selection_strength"] for r in runs}
+    assert strength["hidden"] > 1.5 > strength["rho0"]
     table = (tmp_path / "results.md").read_text().splitlines()
-    assert table[0].startswith("| selection bias | backbone | mode | CTR AUC | CVR AUC (clicked) | CVR AUC (all, true)")
+    assert table[0].startswith("| data set | selection strength | backbone | variant | CTR AUC | pCTR corr. true CTR")
     rows = [line for line in table[2:] if line.startswith("| ")]
     assert len(rows) == 8
     assert all(len(row.split("|")) == len(table[0].split("|")) and " ± " in row for row in rows)
-    assert rows[0].startswith("| 0 | mlp | ESMM |") and rows[-1].startswith("| 0.9 | mmoe | DR |")
+    assert rows[0].startswith("| rho0 | 1.") and rows[-1].startswith("| hidden | ")
+    assert "| mmoe | DR-label |" in rows[-1]
     assert (tmp_path / "cvr_by_ctr_decile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert result.stdout.count("| 0.9 | ") == 4  # the table is printed too
+    assert result.stdout.count("| hidden | ") == 4  # the table is printed too
 
 
 @pytest.mark.parametrize("override, message", [
     ("suite.seed=[1]", "unknown key suite.seed; did you mean suite.seeds?"),
-    ("suite.modes=[ESMM, DRR]", "suite.modes must be one of ESMM, NAIVE, IPW, DR"),
+    ("suite.variants=[ESMM, DRR]", "suite.variants must be one of ESMM, NAIVE, IPW, SNIPS, DR-error"),
+    ("suite.data_sets=['--selection-bias 0.3']", "must be 'NAME: generate.py arguments'"),
+    ("suite.data_sets=['a: --selection-bias 0', 'a: --selection-bias 0.3']", "names 'a' twice"),
 ])
 def test_a_bad_suite_is_refused_before_any_work(tmp_path, override, message):
     result = run_tool("bias_study.py", "-m", SMOKE, "-o", override, f"suite.output_dir={tmp_path / 'out'}",
                       cwd=str(tmp_path))
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_data_set_the_generator_refuses_is_one_line_naming_it(tmp_path):
+    result = run_tool("bias_study.py", "-m", SMOKE, "-o", "suite.data_sets=['wild: --selection-bias 2']",
+                      f"suite.output_dir={tmp_path / 'out'}", cwd=str(tmp_path))
+    assert result.returncode == 2 and "suite.data_sets 'wild'" in result.stderr and "selection_bias" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_the_suite_readme_documents_every_key():

@@ -18,7 +18,7 @@ def write_config(tmp_path, tree, name="config.yaml"):
 def test_sections_flatten_to_dotted_keys():
     config = model_config()
     assert config["hyper_parameters.optimizer.learning_rate"] == 0.001
-    assert config["runner.counterfact_mode"] == "DR"
+    assert config["runner.counterfact_mode"] == "IPW"
     assert config["hyper_parameters.fields"][0] == "101" and len(config["hyper_parameters.fields"]) == 23
 
 

@@ -20,6 +20,7 @@ def test_train_then_infer_from_another_directory(synthetic, tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     common = ["-o", *data_overrides(synthetic), "runner.model_save_path=out", "runner.epochs=2",
+              "runner.counterfact_mode=DR",
               "runner.train_batch_size=256", "runner.print_interval=5"]
     train = ok(run_tool("trainer.py", "-m", CONFIG, *common, cwd=str(cwd)))
     progress = [line for line in train.stdout.splitlines() if "epoch: 0, batch_id: 5, loss:" in line]
@@ -77,7 +78,7 @@ def test_every_mode_and_backbone_trains_and_evaluates(synthetic, tmp_path, overr
 def test_a_checkpoint_of_another_mode_is_refused_clearly(synthetic, tmp_path):
     args = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.model_save_path={tmp_path}", "runner.epochs=1"]
     ok(run_tool("trainer.py", *args, "runner.counterfact_mode=IPW", cwd=str(tmp_path)))
-    result = run_tool("infer.py", *args, "runner.infer_end_epoch=1", cwd=str(tmp_path))
+    result = run_tool("infer.py", *args, "runner.infer_end_epoch=1", "runner.counterfact_mode=DR", cwd=str(tmp_path))
     assert result.returncode == 2
     assert "does not fit this model" in result.stderr and "counterfact_mode" in result.stderr
 

@@ -98,3 +98,45 @@ def test_real_shape_lines_have_the_real_data_s_size_and_id_layout(tmp_path):
         assert fast_counts == counts and all(np.array_equal(fast[k], reference[k]) for k in reference)
     refused = run(tmp_path / "c", "--selection-bias", "0.3")
     assert refused.returncode == 2 and "selection_bias does not apply to shape 'real'" in refused.stderr
+
+
+def test_a_hidden_confounder_changes_the_truth_but_no_feature(tmp_path):
+    plain = generate(tmp_path / "a", "--selection-bias", "0", "--ctr", "0.1", "--cvr", "0.1")["splits"]["train"]
+    hidden = generate(tmp_path / "b", "--selection-bias", "0", "--ctr", "0.1", "--cvr", "0.1",
+                      "--hidden-confounding", "0.6")["splits"]["train"]
+    assert hidden["logit_correlation"] == pytest.approx(0.36, abs=0.03)  # (1 - h^2) rho + h^2
+    assert hidden["selection_strength"] > 1.15 > plain["selection_strength"]
+    assert hidden["selection_strength"] == pytest.approx(
+        hidden["mean_true_cvr_clicked"] / hidden["mean_true_cvr_all"])
+
+    def features(folder):
+        with open(tmp_path / folder / "train" / "part-00000.txt") as f:
+            return [line.split(",", 3)[3] for line in f]
+    assert features("a") == features("b")  # written to no feature: the lines differ in labels only
+    assert (tmp_path / "a" / "truth" / "train.csv").read_bytes() != (tmp_path / "b" / "truth" / "train.csv").read_bytes()
+
+
+@pytest.mark.parametrize("share, additive", [("0", True), ("0.35", False)])
+def test_without_the_affinity_the_click_logit_is_additive_in_user_item_and_context(tmp_path, share, additive):
+    """--click-affinity-share 0: the true CTR logit is a sum of user, item, context effects and the
+    category-match indicator, which least squares on those columns recovers exactly."""
+    meta = generate(tmp_path / "d", "--selection-bias", "0.9", "--click-affinity-share", share)
+    ranges = meta["id_ranges"]
+    with open(tmp_path / "d" / "train" / "part-00000.txt") as f:
+        lines = [line.rstrip("\n").split(",")[3:] for line in f]
+    with open(tmp_path / "d" / "truth" / "train.csv") as f:
+        true_ctr = np.array([float(row["true_ctr"]) for row in csv.DictReader(f)])
+    columns = np.zeros((len(lines), 300 + 500 + 3 + 1))
+    for row, tokens in enumerate(lines):
+        ids = {}
+        for token in tokens:
+            field, feat = token.split(":")
+            ids.setdefault(field, []).append(int(feat) - ranges[field][0])
+        columns[row, ids["101"][0]] = 1
+        columns[row, 300 + ids["205"][0]] = 1
+        columns[row, 800 + ids["301"][0]] = 1
+        columns[row, 803] = ids["206"][0] in ids.get("109_14", [])  # the item's category among the user's
+    logit = np.log(true_ctr / (1 - true_ctr))
+    fit, *_ = np.linalg.lstsq(columns, logit, rcond=None)
+    r2 = 1 - np.var(logit - columns @ fit) / np.var(logit)
+    assert (r2 > 0.999) if additive else (r2 < 0.95)

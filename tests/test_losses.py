@@ -115,6 +115,23 @@ def test_in_the_network_the_ctr_tower_gets_no_gradient_from_the_cvr_risk(backbon
     assert any(p.grad is not None and p.grad.numpy().any() for p in model.towers[2].parameters())
 
 
+def test_the_fm_term_is_the_sum_over_field_pairs_of_the_pooled_embeddings_products():
+    pooled = np.random.default_rng(3).normal(size=(5, 4, 3)).astype("float32")  # [B, fields, dim]
+    pairs = sum(pooled[:, f] * pooled[:, g] for f in range(4) for g in range(f + 1, 4))
+    np.testing.assert_allclose(net.fm_interaction(paddle.to_tensor(pooled)).numpy(), pairs, rtol=1e-5, atol=1e-6)
+    # in the network: each tower's logit = its MLP's + (its weights, ones at first) . crosses
+    paddle.seed(4)
+    model = net.ESCM2Net(50, 3, 4, interaction="fm", ctr_fc_sizes=[8], cvr_fc_sizes=[8])
+    ids = paddle.to_tensor(np.random.default_rng(4).integers(0, 50, (6, 4, 2)))
+    pctr = model(ids)[0].numpy()
+    embedded = model.embedding(ids).sum(axis=2)
+    mlp_logit = model.towers[0](embedded.reshape([6, 12])).squeeze(-1).numpy()
+    crosses = net.fm_interaction(embedded).numpy().sum(axis=1)
+    np.testing.assert_allclose(pctr, 1 / (1 + np.exp(-(mlp_logit + crosses))), rtol=1e-5)
+    with pytest.raises(ValueError, match="ffm"):
+        net.ESCM2Net(50, 4, 3, interaction="ffm")
+
+
 def test_padding_id_contributes_nothing():
     paddle.seed(2)
     model = net.ESCM2Net(50, 4, 2, ctr_fc_sizes=[8], cvr_fc_sizes=[8])

@@ -15,7 +15,8 @@ serving = model_loader.model_module(package, "serving", "test")
 
 
 @pytest.mark.parametrize("overrides", [["runner.counterfact_mode=DR"],
-                                       ["runner.counterfact_mode=IPW", "hyper_parameters.backbone=mmoe"]])
+                                       ["runner.counterfact_mode=IPW", "hyper_parameters.backbone=mmoe"],
+                                       ["runner.counterfact_mode=DR", "hyper_parameters.interaction=fm"]])
 def test_exported_predictor_equals_the_dygraph_net(tmp_path, overrides):
     config = model_config(["hyper_parameters.sparse_feature_number=500", "hyper_parameters.max_len=4", *overrides])
     engine = engines.DygraphEngine(config, package, train=False)

@@ -45,6 +45,10 @@ def trajectory(engine, data):
                                        ["runner.counterfact_mode=DR", "hyper_parameters.ipw_normalization=self",
                                         "hyper_parameters.imputation_weight=mrdr", "hyper_parameters.backbone=mmoe"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.ipw_normalization=self"],
+                                       ["runner.counterfact_mode=DR", "hyper_parameters.interaction=fm",
+                                        "hyper_parameters.dr_imputation=label"],
+                                       ["runner.counterfact_mode=IPW", "hyper_parameters.interaction=fm",
+                                        "hyper_parameters.backbone=mmoe"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.optimizer.class=sgd",
                                         "hyper_parameters.optimizer.learning_rate=0.05"]])
 def test_static_training_follows_dygraph_step_for_step(overrides):
@@ -97,7 +101,7 @@ def test_static_update_leaves_rows_outside_the_batch_untouched():
 def test_a_resumed_run_continues_exactly_where_it_stopped(synthetic, tmp_path, tool):
     """Epoch 1 of a two-epoch run equals epoch 1 of a run resumed from epoch 0's checkpoint:
     parameters and the whole optimizer state (row moments and beta powers included) come back."""
-    common = ["-m", CONFIG, "-o", *data_overrides(synthetic), "runner.epochs=2"]
+    common = ["-m", CONFIG, "-o", *data_overrides(synthetic), "runner.epochs=2", "runner.counterfact_mode=DR"]
     ok(run_tool(tool, *common, "runner.model_save_path=straight", cwd=str(tmp_path)))
     ok(run_tool(tool, *common, "runner.model_save_path=resumed", "runner.epochs=1", cwd=str(tmp_path)))
     ok(run_tool(tool, *common, "runner.model_save_path=resumed", "runner.model_init_path=resumed/0",

@@ -25,6 +25,15 @@ Causal structure
     cvr_score = rho * ctr_score + sqrt(1 - rho^2) * indep_score,  rho = selection_bias.
     true CVR = sigmoid(b + cvr_signal * cvr_score).
     With rho > 0 clicked impressions over-represent likely converters (missing not at random).
+  * click_affinity_share moves the CTR score's affinity share (0.35 by default) to its additive
+    user + item effects: at 0 the selection is learnable by an additive model of the fields.
+  * hidden_confounding h > 0 adds an unobserved confounder: a standard normal factor z per
+    impression, written to no feature, enters both scores:
+    ctr_score <- sqrt(1 - h^2) ctr_score + h z, cvr_score <- sqrt(1 - h^2) cvr_score + h z.
+    Then part of the selection is not learnable from the features, whatever the model.
+  * Strong selection (clicked impressions' true CVR >= 2.5x the entire space's, reported per
+    split as `selection_strength` in meta.json) takes rho near 1 and larger signals, e.g.
+    --selection-bias 0.9 --ctr-signal 1.3 --cvr-signal 1.3 (~3.3x).
   * a is set so that the mean true CTR hits `ctr`; b so that E[ctr*cvr] / E[ctr], the
     conversion rate among clicks, hits `cvr`; both by bisection on the generated impressions
     (train and test together, so both splits share one truth).
@@ -352,8 +361,10 @@ def _impressions(rng, world, n, targeted_share):
     return user, item, context
 
 
-def _scores(world, user, item, context):
+def _scores(world, user, item, context, affinity_share):
     d = world.latent_dim
+    moved = CTR_SHARES["affinity"] - affinity_share   # from the affinity to the additive effects
+    ctr_shares = {**CTR_SHARES, "main": CTR_SHARES["main"] + moved, "affinity": affinity_share}
 
     def mix(shares, parts):
         return _standardize(sum(math.sqrt(shares[k]) * _standardize(v) for k, v in parts.items()))
@@ -363,7 +374,7 @@ def _scores(world, user, item, context):
 
     category_match = (world.beh["category"][user] == world.item_category[item][:, None]).any(axis=1)
     brand_match = (world.beh["brand"][user] == world.item_brand[item][:, None]).any(axis=1)
-    ctr_score = mix(CTR_SHARES, {
+    ctr_score = mix(ctr_shares, {
         "main": world.user_eff["click"][user] + world.item_eff["click"][item],
         "affinity": affinity("click"),
         "category_match": category_match.astype(np.float64),
@@ -436,6 +447,8 @@ def _split_stats(true_ctr, true_cvr, ctr_logit, cvr_logit, click, conv):
         "mean_true_ctr": mean(true_ctr),
         "mean_true_cvr_all": mean(true_cvr),
         "mean_true_cvr_clicked": mean(true_cvr[clicked]),
+        # how strongly clicks select converters: clicked impressions' true CVR / the entire space's
+        "selection_strength": float(true_cvr[clicked].mean() / true_cvr.mean()) if n_click else None,
         "expected_cvr_given_click": float((true_ctr * true_cvr).sum() / true_ctr.sum()) if n else None,
         "logit_correlation": corr,
         "oracle_auc_ctr": _auc(click, true_ctr),
@@ -595,6 +608,14 @@ PARAMETERS = [
      TRUTH, "--ctr-signal"),
     (Key("cvr_signal", "float", 0.9, "scale of the standardised CVR score on the logit", minimum=0),
      TRUTH, "--cvr-signal"),
+    (Key("hidden_confounding", "float", 0.0,
+         "h, share (in standard deviation) of both the CTR and the CVR score taken by a per-impression factor "
+         "written to no feature (an unobserved confounder; 0 = none)", minimum=0, maximum=0.95),
+     TRUTH, "--hidden-confounding"),
+    (Key("click_affinity_share", "float", CTR_SHARES["affinity"],
+         "share of the CTR score's variance from the user x item latent affinity; the rest of the default's goes "
+         "to the additive user and item effects (0 = a selection an additive model can learn)", minimum=0,
+         maximum=CTR_SHARES["affinity"] + CTR_SHARES["main"]), TRUTH, "--click-affinity-share"),
     (Key("latent_dim", "int", 8, "size of the latent vectors", minimum=1), TRUTH, "--latent-dim"),
     (Key("n_users", "int", 2000, "users", minimum=1), BOTH, "--users"),
     (Key("n_items", "int", 5000, "items", minimum=1), BOTH, "--items"),
@@ -673,16 +694,23 @@ def _write_meta(folder, meta):
 def _generate_truth(out_dir, a):
     n_train, n_test, gzip = a["n_train"], a["n_test"], a["gzip"]
     n = n_train + n_test
-    world_rng, imp_rng, out_rng, cross_rng = (np.random.Generator(np.random.PCG64(s))
-                                              for s in np.random.SeedSequence(a["seed"]).spawn(4))
+    # spawn(5)'s first four children are spawn(4)'s: the confounder's stream leaves the others unchanged
+    world_rng, imp_rng, out_rng, cross_rng, hidden_rng = (np.random.Generator(np.random.PCG64(s))
+                                                          for s in np.random.SeedSequence(a["seed"]).spawn(5))
     sizes = {"users": a["n_users"], "items": a["n_items"], "categories": a["n_categories"], "shops": a["n_shops"],
              "brands": a["n_brands"], "intentions": a["n_intentions"], "cross_buckets": a["cross_buckets"],
              **a["attribute_sizes"]}
     world = _World(world_rng, sizes, a["latent_dim"], a["user_zipf"], a["item_zipf"])
     user, item, context = _impressions(imp_rng, world, n, a["targeted_share"])
-    ctr_score, indep, category_match_rate, brand_match_rate = _scores(world, user, item, context)
+    ctr_score, indep, category_match_rate, brand_match_rate = _scores(world, user, item, context,
+                                                                     a["click_affinity_share"])
     rho = float(a["selection_bias"])
     cvr_score = rho * ctr_score + math.sqrt(max(1.0 - rho * rho, 0.0)) * indep
+    h = float(a["hidden_confounding"])
+    if h > 0:  # both scores keep unit variance; their correlation becomes (1 - h^2) rho + h^2
+        hidden = _standardize(hidden_rng.standard_normal(n))
+        ctr_score = math.sqrt(1.0 - h * h) * ctr_score + h * hidden
+        cvr_score = math.sqrt(1.0 - h * h) * cvr_score + h * hidden
 
     ctr_signal, cvr_signal = a["ctr_signal"], a["cvr_signal"]
     a_ = _bisect(lambda x: _sigmoid(x + ctr_signal * ctr_score).mean(), a["ctr"], "mean true CTR")

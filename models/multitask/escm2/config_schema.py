@@ -8,16 +8,18 @@ ALI_CCP_FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "
 
 COUNTERFACT_MODES = ("ESMM", "NAIVE", "IPW", "DR")
 BACKBONES = ("mlp", "mmoe")
+INTERACTIONS = ("none", "fm")
 
 # the keys whose values decide which parameters the net has (named when a checkpoint does not fit)
-PARAMETER_KEYS = ("runner.counterfact_mode", "hyper_parameters.backbone", "hyper_parameters.fields",
+PARAMETER_KEYS = ("runner.counterfact_mode", "hyper_parameters.backbone", "hyper_parameters.interaction",
+                  "hyper_parameters.fields",
                   "hyper_parameters.ctr_fc_sizes", "hyper_parameters.cvr_fc_sizes")
 
 KEYS = [
     Key("runner.train_reader_path", "str", "escm_reader",
         "reader module in the model folder: escm_reader (PaddleRec's Ali-CCP lines)"),
     Key("runner.infer_reader_path", "str", "escm_reader", "reader module used by infer and predict"),
-    Key("runner.counterfact_mode", "str", "DR",
+    Key("runner.counterfact_mode", "str", "IPW",
         "CVR risk: ESMM (none), NAIVE (clicked impressions only), IPW or DR (ESCM2)",
         choices=COUNTERFACT_MODES),
     Key("hyper_parameters.sparse_feature_number", "int", REQUIRED,
@@ -35,20 +37,25 @@ KEYS = [
     Key("hyper_parameters.backbone", "str", "mlp",
         "mlp: one MLP tower per task on the embeddings (the paper); mmoe: towers on a shared MMoE",
         choices=BACKBONES),
+    Key("hyper_parameters.interaction", "str", "fm",
+        "none, or fm: add a second-order factorization-machine term over the fields' pooled embeddings "
+        "(one weight vector per tower) to every tower's logit", choices=INTERACTIONS),
     Key("hyper_parameters.ctr_fc_sizes", "int_list", [256, 64], "hidden layers of the CTR tower (mlp)"),
     Key("hyper_parameters.cvr_fc_sizes", "int_list", [256, 64],
         "hidden layers of the CVR tower and of DR's imputation tower (mlp)"),
     Key("hyper_parameters.expert_num", "int", 8, "experts of the MMoE backbone", minimum=1),
-    Key("hyper_parameters.expert_size", "int", 16, "output width of each MMoE expert", minimum=1),
-    Key("hyper_parameters.tower_size", "int", 8, "hidden width of each tower on the MMoE backbone", minimum=1),
+    Key("hyper_parameters.expert_size", "int", 64,
+        "output width of each MMoE expert (PaddleRec: 16; at 16 the gates collapse, see README)", minimum=1),
+    Key("hyper_parameters.tower_size", "int", 32, "hidden width of each tower on the MMoE backbone (PaddleRec: 8)",
+        minimum=1),
     Key("hyper_parameters.gate_num", "int", None,
         "PaddleRec's gate count; here there is one gate per tower (2, or 3 with DR's imputation tower)",
         ignored=True),
     Key("hyper_parameters.counterfactual_w", "float", 0.1, "lambda_c, weight of the CVR risk", minimum=0),
     Key("hyper_parameters.global_w", "float", 0.5, "lambda_g, weight of the CTCVR risk", minimum=0),
-    Key("hyper_parameters.propensity_floor", "float", 0.02,
+    Key("hyper_parameters.propensity_floor", "float", 0.002,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6, maximum=1.0),
-    Key("hyper_parameters.ipw_normalization", "str", "batch",
+    Key("hyper_parameters.ipw_normalization", "str", "self",
         "divisor of the inverse-propensity-weighted sums of IPW and DR: batch (the batch size, the paper) "
         "or self (the sum of the weights, SNIPS; a weighted sum over a batch without clicks is 0)", choices=("batch", "self")),
     Key("hyper_parameters.dr_imputation", "str", "error",

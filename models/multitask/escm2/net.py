@@ -3,6 +3,12 @@
 Input: ids int64 [batch, fields, max_len] (0 pads). One embedding lookup over all fields' ids,
 sum-pooled per field and concatenated. Towers on top: CTR, CVR, and for DR an imputation tower.
 Towers are plain MLPs (the paper) or sit on a shared MMoE backbone (PaddleRec's net).
+With interaction "fm" every tower's logit also gets a second-order term over the fields' pooled
+embeddings e_f [dim] (factorization machines, Rendle ICDM 2010; the bi-interaction pooling of NFM,
+He & Chua SIGIR 2017): w_t . sum_{f<g} e_f * e_g = w_t . 0.5 ((sum_f e_f)^2 - sum_f e_f^2), with a
+weight vector w_t [dim] of its own per tower, initialised to ones (the plain FM sum). An MLP on
+concatenated embeddings learns products of fields slowly; the FM term gives the CTR tower the
+user x item crosses that drive selection, so the propensity captures more of it.
 
 Outputs, each float32 [batch]: pCTR = sigmoid(l_ctr), pCVR = sigmoid(l_cvr), pCTCVR = pCTR * pCVR
 (ESMM, Ma et al. SIGIR 2018: the CTCVR factorisation), and with DR the imputation q of l_imp:
@@ -16,6 +22,8 @@ Outputs, each float32 [batch]: pCTR = sigmoid(l_ctr), pCVR = sigmoid(l_cvr), pCT
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+
+from .config_schema import INTERACTIONS
 
 
 class MLP(nn.Sequential):
@@ -41,26 +49,40 @@ class MMoE(nn.Layer):
 
     def forward(self, x):
         experts = F.relu(self.experts(x)).reshape([-1, self.expert_num, self.expert_size])
-        return [paddle.sum(experts * F.softmax(gate(x)).unsqueeze(-1), axis=1) for gate in self.gates]
+        return [paddle.sum(experts * weights.unsqueeze(-1), axis=1) for weights in self.gate_weights(x)]
+
+    def gate_weights(self, x):
+        """Per task, its gate's softmax weights over the experts, [batch, expert_num] each."""
+        return [F.softmax(gate(x)) for gate in self.gates]
 
 
 IMPUTATIONS = ("error", "label")
+
+
+def fm_interaction(pooled):
+    """Second-order FM crosses of the fields: [batch, fields, dim] -> [batch, dim] float32,
+    sum over field pairs f < g of e_f * e_g (elementwise), as 0.5 ((sum e)^2 - sum e^2)."""
+    total = pooled.sum(axis=1)                                       # [B, dim]
+    return 0.5 * (total * total - (pooled * pooled).sum(axis=1))     # [B, dim]
 
 
 class ESCM2Net(nn.Layer):
     """The towers over one shared embedding table.
 
     imputation: None (no imputation tower: ESMM, NAIVE, IPW), "error" or "label" (DR, see the
-    module docstring); anything else raises ValueError. The other arguments size the table
-    (sparse_feature_number x sparse_feature_dim, row 0 is padding) and the towers.
+    module docstring); anything else raises ValueError. interaction: "none" or "fm" (a
+    second-order term on every tower's logit, see the module docstring). The other arguments size
+    the table (sparse_feature_number x sparse_feature_dim, row 0 is padding) and the towers.
     """
 
     def __init__(self, sparse_feature_number, sparse_feature_dim, num_fields, imputation=None,
                  backbone="mlp", ctr_fc_sizes=(256, 64), cvr_fc_sizes=(256, 64),
-                 expert_num=8, expert_size=16, tower_size=8):
+                 expert_num=8, expert_size=64, tower_size=32, interaction="fm"):
         super().__init__()
         if imputation is not None and imputation not in IMPUTATIONS:
             raise ValueError(f"unknown imputation {imputation!r}")
+        if interaction not in INTERACTIONS:
+            raise ValueError(f"unknown interaction {interaction!r}")
         self.imputation = imputation
         self.embedding = nn.Embedding(
             sparse_feature_number, sparse_feature_dim, padding_idx=0, sparse=True,
@@ -74,16 +96,31 @@ class ESCM2Net(nn.Layer):
             self.mmoe = None
             sizes = [ctr_fc_sizes, cvr_fc_sizes, cvr_fc_sizes][:tasks]
         self.towers = nn.LayerList([MLP(width, s) for s in sizes])
+        self.fm_weights = None
+        if interaction == "fm":  # one weight vector per tower over the crosses' dims
+            self.fm_weights = nn.LayerList([
+                nn.Linear(sparse_feature_dim, 1, weight_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(1.0)),
+                          bias_attr=False) for _ in sizes])
 
     def forward(self, ids):
         """(pCTR, pCVR, pCTCVR[, imputation q]), each float32 [batch]."""
         return self.heads(self.embedding(ids))
 
+    def gate_weights(self, ids):
+        """MMoE backbone only: per tower (CTR, CVR[, imputation]) its gate's weights over the
+        experts, float32 [batch, expert_num] each (for diagnosing gate collapse)."""
+        x = self.embedding(ids).sum(axis=2).reshape([-1, self.input_width])
+        return self.mmoe.gate_weights(x)
+
     def heads(self, embedded):
         """The towers on looked-up embeddings [batch, fields, max_len, dim] (padding rows zero)."""
-        x = embedded.sum(axis=2).reshape([-1, self.input_width])  # [B, fields * dim], fields side by side
+        pooled = embedded.sum(axis=2)                          # [B, fields, dim]
+        x = pooled.reshape([-1, self.input_width])             # [B, fields * dim], fields side by side
         inputs = self.mmoe(x) if self.mmoe is not None else [x] * len(self.towers)
         logits = [tower(h).squeeze(-1) for tower, h in zip(self.towers, inputs)]  # each [B]
+        if self.fm_weights is not None:
+            crosses = fm_interaction(pooled)                   # [B, dim]
+            logits = [logit + w(crosses).squeeze(-1) for logit, w in zip(logits, self.fm_weights)]
         pctr, pcvr = F.sigmoid(logits[0]), F.sigmoid(logits[1])
         outputs = (pctr, pcvr, pctr * pcvr)
         if self.imputation == "error":
@@ -101,4 +138,5 @@ def from_config(config):
         sparse_feature_number=hp["sparse_feature_number"], sparse_feature_dim=hp["sparse_feature_dim"],
         num_fields=len(hp["fields"]), imputation=hp["dr_imputation"] if dr else None,
         backbone=hp["backbone"], ctr_fc_sizes=hp["ctr_fc_sizes"], cvr_fc_sizes=hp["cvr_fc_sizes"],
-        expert_num=hp["expert_num"], expert_size=hp["expert_size"], tower_size=hp["tower_size"])
+        expert_num=hp["expert_num"], expert_size=hp["expert_size"], tower_size=hp["tower_size"],
+        interaction=hp["interaction"])
