@@ -20,8 +20,6 @@ import multiprocessing
 import os
 import re
 import shlex
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -34,12 +32,10 @@ from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError
 from rectools.metrics import auc, ctr_cvr_report, logloss
 
+from . import synthetic
 from .config_schema import BACKBONES
 
 log = logging.getLogger("rectools")
-# the generator of the synthetic data with its truth, run as a command in a process of its own
-GENERATOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "datasets", "synthetic",
-                         "generate.py")
 
 _HP = "hyper_parameters."
 # The variants a suite can compare: name -> (counterfact mode, the model-config overrides that make
@@ -130,10 +126,10 @@ def make_data(suite, name, extra):
         with open(stamp) as f:
             if json.load(f) == args:
                 return folder
-    done = subprocess.run([sys.executable, GENERATOR, "--out", os.path.join(folder, "synthetic"), "--force", *args],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    if done.returncode:
-        raise ConfigError(f"suite.data_sets {name!r}: {done.stderr.strip().splitlines()[-1]}")
+    try:
+        synthetic.generate_from_arguments(["--out", os.path.join(folder, "synthetic"), "--force", *args])
+    except ConfigError as e:
+        raise ConfigError(f"suite.data_sets {name!r}: {e}") from None
     with open(stamp, "w") as f:
         json.dump(args, f)
     return folder
