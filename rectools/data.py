@@ -13,6 +13,7 @@ import gc
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 
 import numpy as np
@@ -118,10 +119,14 @@ def background(iterable, depth):
 
 
 def _worker_start():
-    """In a forked worker: never collect what the parent left (its objects may hold locks or
-    resources of the parent's threads, e.g. tensors), and keep freed memory for reuse: glibc
-    otherwise serves each numpy temporary of a few MB from a fresh mmap, and page faults cost as
-    much as the parsing."""
+    """In a forked worker: the default signal handlers (not the parent's, e.g. Paddle's fatal-signal
+    reports; Ctrl-C is the parent's to handle); never collect what the parent left (its objects may
+    hold locks or resources of the parent's threads, e.g. tensors); and keep freed memory for
+    reuse: glibc otherwise serves each numpy temporary of a few MB from a fresh mmap, and page
+    faults cost as much as the parsing."""
+    for name in ("SIGTERM", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
