@@ -365,12 +365,16 @@ class _FieldTable:
             self.key[buckets[k]], self.slot[buckets[k]] = k, slot
 
     def _bucket(self, key):
-        return (key * self.multiplier) >> _U64(64 - self.bits)
+        bucket = key * self.multiplier
+        bucket >>= _U64(64 - self.bits)
+        return bucket.view(np.int64)  # small values: no conversion when indexing
 
     def __call__(self, key):
         """Slots of the keys, -1 for names that are no field."""
         bucket = self._bucket(key)
-        return np.where(self.key[bucket] == key, self.slot[bucket], -1)
+        slot = self.slot.take(bucket)
+        slot[self.key.take(bucket) != key] = -1
+        return slot
 
 
 class BlockParser:
