@@ -448,44 +448,57 @@ class BlockParser:
             raise Irregular
         key = words[colon]
         key &= _TOP[name_len]
-        slot = self.table(key)
-        known = slot >= 0
-        if not known.all():
-            names, times = np.unique(key[~known], return_counts=True)
+        # runs of tokens of one field within a line (Ali-CCP's behaviour fields: hundreds long):
+        # the field table is consulted once per run, not once per token
+        run, run_slot = self._runs(key, np.searchsorted(field, first))
+        if np.any(run_slot < 0):
+            run_len = np.diff(np.append(run, len(key)))
+            unknown = run_slot < 0
+            names, where = np.unique(key[run[unknown]], return_inverse=True)
+            times = np.bincount(where, weights=run_len[unknown])
             counts["unknown"] = {int(k).to_bytes(8, "little").lstrip(b"\0").decode("ascii"): int(t)
                                  for k, t in zip(names, times)}
-            field, slot, colon = field[known], slot[known], colon[known]
+            known = np.repeat(~unknown, run_len)
+            field, colon, key = field[known], colon[known], key[known]
+            run, run_slot = self._runs(key, np.searchsorted(field, first))
         ids = np.zeros((n, F, L), dtype=np.int64)
         if len(field):
+            line_tok = np.searchsorted(field, first)
             end = sep[field + 1]
             length = end - colon - 1
             if length.min() < 1 or length.max() > 8 or self.vocab > 10 ** 8:
                 value, ok = _decimal(words, colon + 1, end)  # the general way: every value decoded
                 if not ok.all() or value.max() >= self.vocab:
                     raise Irregular
-                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                kept, at = self._place(run, run_slot, len(field), line_tok, counts)
                 ids.reshape(-1)[at] = value[kept]
             else:  # up to 8 digits: checked in place, the ids beyond max_len never decoded
                 digits = _padded(words[end], length)
                 if not _all_digits(digits).all() or digits.byteswap().max() > self.largest:
                     raise Irregular
-                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                kept, at = self._place(run, run_slot, len(field), line_tok, counts)
                 ids.reshape(-1)[at] = _value8(digits[kept])
         return {"ids": ids, "click": click, "buy": buy, "sample_id": sample_id}, counts
 
-    def _place(self, slot, line_start, counts):
-        """(tokens kept, their flat positions in ids [n, F, L]): the first max_len ids of each
-        (row, slot); the rest are counted per field. Works on runs of equal slot within a line, so
-        that the work per token is a few array operations and the rest is per run; line_start:
-        first token of each row."""
-        F, L, T = len(self.fields), self.max_len, len(slot)
+    def _runs(self, key, line_tok):
+        """(first token of each run of equal field names within a line, the run's slot or -1)."""
+        T = len(key)
+        if not T:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         boundary = np.empty(T, dtype=bool)
         boundary[0] = True
-        np.not_equal(slot[1:], slot[:-1], out=boundary[1:])
-        boundary[line_start[line_start < T]] = True
+        np.not_equal(key[1:], key[:-1], out=boundary[1:])
+        boundary[line_tok[line_tok < T]] = True
         run = np.flatnonzero(boundary)
+        return run, self.table(key[run])
+
+    def _place(self, run, run_slot, T, line_start, counts):
+        """(tokens kept, their flat positions in ids [n, F, L]): the first max_len ids of each
+        (row, slot); the rest are counted per field. Works per run of tokens of one field in a
+        line (see _runs); line_start: first token of each row, T: tokens."""
+        F, L = len(self.fields), self.max_len
         run_len = np.diff(np.append(run, T))
-        run_cell = (np.searchsorted(line_start, run, side="right") - 1) * F + slot[run]
+        run_cell = (np.searchsorted(line_start, run, side="right") - 1) * F + run_slot
         offset = np.zeros_like(run)  # ids of the cell in earlier runs: a field split within a line
         ordered = np.sort(run_cell)
         if np.any(ordered[1:] == ordered[:-1]):
@@ -496,6 +509,6 @@ class BlockParser:
         kept = np.clip(L - offset, 0, run_len)
         which = np.repeat(np.arange(len(run)), kept)
         j = np.arange(len(which)) - np.repeat(np.cumsum(kept) - kept, kept)
-        dropped = np.bincount(slot[run], weights=run_len - kept, minlength=F)
+        dropped = np.bincount(run_slot, weights=run_len - kept, minlength=F)
         counts["truncated"] = dict(zip(self.fields, dropped.astype(np.int64).tolist()))
         return run[which] + j, run_cell[which] * L + offset[which] + j
