@@ -154,7 +154,7 @@ def process_map(function, items, processes=None, ahead=None):
     processes (or where fork is unavailable) it runs in the calling thread.
     """
     processes = workers() if processes is None else processes
-    if not processes:
+    if not processes or "fork" not in multiprocessing.get_all_start_methods():
         yield from map(function, items)
         return
     ahead = ahead or 2 * processes
