@@ -23,6 +23,7 @@ this parsing schema); later epochs and runs read the cache instead of the text.
 """
 import gzip
 import logging
+import os
 import re
 import zlib
 
@@ -44,7 +45,7 @@ class RecDataset:
     """The model's data: PaddleRec Ali-CCP lines of `file_list`, in order, as chunks of arrays.
 
     `config` gives hyper_parameters.fields (F), max_len (L) and sparse_feature_number (vocabulary),
-    and runner.cache_dir. `chunk_lines` bounds the lines of one chunk (and of one parsed block).
+    and runner.cache_dir. `chunk_lines` bounds the lines of one chunk.
     `processes`: parse workers (None: one per core; 0: parse in the calling thread).
     chunks() yields dicts: ids int64 [n, F, L] (0 pads), click, buy, sample_id int64 [n].
     Raises DataError naming file and line for malformed data (see LineParser).
@@ -57,6 +58,7 @@ class RecDataset:
         self.vocab = config["hyper_parameters.sparse_feature_number"]
         self.chunk_lines = chunk_lines
         self.processes = processes
+        self.block_bytes = BLOCK_BYTES
         self.cache = cache.ArrayCache(cache.cache_dir(config), {
             "format": "PaddleRec Ali-CCP lines", "parser_version": PARSER_VERSION, "fields": self.fields,
             "max_len": self.max_len, "sparse_feature_number": self.vocab})
@@ -68,15 +70,29 @@ class RecDataset:
             self._report(path, counts)
 
     def parse_file(self, path):
-        """Generator of the file's chunks, parsed from its text (blocks of whole lines, parsed in
-        worker processes, in order); returns the counts to report."""
+        """Generator of the file's chunks, parsed from its text in blocks of whole lines by worker
+        processes, in order; returns the counts to report. A plain file is cut into byte ranges
+        that each worker reads itself (the text never passes through this process); a .gz file is
+        read here and its blocks sent."""
         counts = new_counts(self.fields)
         parse = BlockParse(self.fields, self.max_len, self.vocab, path)
-        blocks = read_blocks(path, BLOCK_BYTES, self.chunk_lines)
-        for arrays, block_counts in process_map(parse, blocks, self.processes):
-            add_counts(counts, block_counts)
-            if len(arrays["click"]):
-                yield arrays
+        if path.endswith(".gz"):
+            parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), self.processes)
+        else:
+            size = os.path.getsize(path)
+            ranges = ((start, min(start + self.block_bytes, size), size) for start in range(0, size, self.block_bytes))
+            parts = process_map(parse, ranges, self.processes)
+        lines = 0  # before the block: a worker reading a range numbers its lines from 1
+        try:
+            for arrays, block_counts, block_lines in parts:
+                lines += block_lines
+                add_counts(counts, block_counts)
+                for start in range(0, len(arrays["click"]), self.chunk_lines):
+                    yield {k: v[start:start + self.chunk_lines] for k, v in arrays.items()}
+        except DataError as e:
+            if path.endswith(".gz") or e.path != path:
+                raise
+            raise DataError(path, lines + e.line_no, e.message) from None
         return counts
 
     def _report(self, path, counts):
@@ -107,9 +123,13 @@ def add_counts(total, part):
 
 
 class BlockParse:
-    """parse((first line number, block of lines)) -> (arrays, counts): the fast parser, or the
-    reference where the block is irregular (it names the first bad line). Picklable: it runs in
-    the parse workers."""
+    """The parse of one block in a worker process: the fast parser, or the reference where the
+    block is irregular (it names the first bad line). Picklable.
+
+    Called with (first line number, block of lines) -> (arrays, counts, lines in the block); or
+    with a byte range (start, end, file size) of a plain file, whose lines it reads itself and
+    numbers from 1 (the caller adds the lines before the range to a DataError's line number).
+    """
 
     def __init__(self, fields, max_len, vocab, path):
         self.path = path
@@ -117,11 +137,14 @@ class BlockParse:
         self.reference = LineParser(fields, max_len, vocab)
 
     def __call__(self, item):
+        if len(item) == 3:
+            item = 1, read_range(self.path, *item)
         first_line, block = item
         try:
-            return self.fast.parse(block)
+            arrays, counts = self.fast.parse(block)
         except Irregular:
-            return self.reference.parse(block, self.path, first_line)
+            arrays, counts = self.reference.parse(block, self.path, first_line)
+        return arrays, counts, block.count(b"\n")
 
 
 # ----------------------------------------------------------------------------- reading text
@@ -151,6 +174,35 @@ def read_blocks(path, block_bytes, max_lines):
             line_no = yield from _cut(text[:end], line_no, max_lines)
     if carry:
         yield line_no, carry + b"\n"
+
+
+def read_range(path, start, end, size):
+    """The lines of a plain file that start at a byte in [start, end), whole, each ending in \\n
+    (bytes: empty when none starts there); a BOM at the start of the file is dropped. Ranges that
+    tile the file give every line once, in order."""
+    with open(path, "rb") as f:
+        f.seek(max(start - 1, 0))
+        data = f.read(end - max(start - 1, 0))
+        if start > 0:  # the line running into the range belongs to the range before
+            cut = data.find(b"\n")
+            if cut < 0 or cut == len(data) - 1:  # no line starts before `end`
+                return b""
+            data = data[cut + 1:]
+        elif data.startswith(BOM):
+            data = data[len(BOM):]
+        if end < size and not data.endswith(b"\n"):  # finish the last line
+            rest = [data]
+            while True:
+                more = f.read(1 << 16)
+                cut = more.find(b"\n")
+                if cut >= 0 or not more:
+                    rest.append(more[:cut + 1] if cut >= 0 else more)
+                    break
+                rest.append(more)
+            data = b"".join(rest)
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    return data
 
 
 def _cut(text, line_no, max_lines):
@@ -391,6 +443,8 @@ class BlockParser:
         self.largest = _U64(int.from_bytes(f"{vocab - 1:08d}"[-8:].encode(), "big")) if vocab <= 10 ** 8 else None
 
     def parse(self, block):
+        if not block:
+            raise Irregular  # nothing to vectorise (a byte range inside one long line)
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n")
             if b"\r" in block:
