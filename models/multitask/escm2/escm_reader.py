@@ -39,6 +39,7 @@ BOM = b"\xef\xbb\xbf"
 INT64_LIMIT = 2 ** 63
 PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or counts change
 BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
+FIRST_BLOCK_BYTES = 64 << 10  # the first block of a file: training starts without waiting for 2 MB
 
 
 class RecDataset:
@@ -79,9 +80,7 @@ class RecDataset:
         if path.endswith(".gz"):
             parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), self.processes)
         else:
-            size = os.path.getsize(path)
-            ranges = ((start, min(start + self.block_bytes, size), size) for start in range(0, size, self.block_bytes))
-            parts = process_map(parse, ranges, self.processes)
+            parts = process_map(parse, byte_ranges(os.path.getsize(path), self.block_bytes), self.processes)
         lines = 0  # before the block: a worker reading a range numbers its lines from 1
         try:
             for arrays, block_counts, block_lines in parts:
@@ -174,6 +173,15 @@ def read_blocks(path, block_bytes, max_lines):
             line_no = yield from _cut(text[:end], line_no, max_lines)
     if carry:
         yield line_no, carry + b"\n"
+
+
+def byte_ranges(size, block_bytes, first_bytes=FIRST_BLOCK_BYTES):
+    """(start, end, size) ranges tiling a file of `size` bytes: a small first one, so that the first
+    batches come at once, then `block_bytes` each."""
+    start, step = 0, min(first_bytes, block_bytes)
+    while start < size:
+        yield start, min(start + step, size), size
+        start, step = start + step, block_bytes
 
 
 def read_range(path, start, end, size):
