@@ -15,7 +15,9 @@ For each file size (default 200,000 lines, then 1,000,000 to show that memory do
    bundled MKL takes a slow code path on AMD CPUs unless it is set before the process starts).
    Memory: the peak RSS of the trainer process (its own high-water mark), and the peak of the summed
    PSS of the trainer and its parse workers (sampled every 0.1 s; PSS splits shared pages fairly
-   between the forked workers and the trainer).
+   between the forked workers and the trainer). The reader's own peak RSS is measured alone too:
+   training adds the exact-AUC accumulator (rectools/metrics.py keeps pCTR, pCVR, click and buy of
+   every impression of the epoch, 24 bytes each), which grows with the epoch by design.
 Every figure shares the machine with whatever else runs: compare rows of one run.
 """
 import argparse
@@ -35,7 +37,8 @@ GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
 COMMON = ["hyper_parameters.sparse_feature_number=737946", "hyper_parameters.max_len=3",
           "hyper_parameters.sparse_feature_dim=12", "runner.train_batch_size=1024", "runner.epochs=2",
           "runner.print_interval=100000", "runner.counterfact_mode=DR"]
-NETS = {"mmoe": ["hyper_parameters.backbone=mmoe", "hyper_parameters.expert_num=8", "hyper_parameters.expert_size=16",
+NETS = {"mmoe": ["hyper_parameters.backbone=mmoe", "hyper_parameters.interaction=none", "hyper_parameters.expert_num=8",
+                 "hyper_parameters.expert_size=16",
                  "hyper_parameters.tower_size=8"],
         "mlp": ["hyper_parameters.backbone=mlp"]}
 REFERENCE_LINES = 20000
@@ -52,7 +55,18 @@ def make_data(out, rows):
 
 
 def reader_figures(path, cache_dir):
-    """(text lines/s, cache lines/s, reference lines/s) of the model's reader on `path`."""
+    """(text lines/s, cache lines/s, reference lines/s, peak RSS MB) of the model's reader on `path`,
+    measured in a child process of its own, so that its peak RSS is the reader's alone."""
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader-only", path, cache_dir],
+                             stdout=subprocess.PIPE, text=True)
+    output = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status):
+        sys.exit("the reader failed")
+    return (*json.loads(output), usage.ru_maxrss / 1024)
+
+
+def reader_only(path, cache_dir):
     from rectools import model_loader
     config, package = model_loader.load(CONFIG, COMMON + [f"runner.cache_dir={cache_dir}"])
     reader = model_loader.model_module(package, "escm_reader", "benchmark")
@@ -72,7 +86,7 @@ def reader_figures(path, cache_dir):
         if rows >= REFERENCE_LINES:
             break
     speeds.append(rows / (time.perf_counter() - start))
-    return speeds
+    print(json.dumps(speeds))
 
 
 def _tree(pid):
@@ -135,8 +149,9 @@ def train(data_dir, net, mkl, out):
 def measure(out, rows, nets, mkl_choices):
     print(f"\n{rows} lines of the real shape, max_len 3, 737946 ids:")
     path = make_data(out, rows)
-    text, cached, reference = reader_figures(path, os.path.join(out, "reader-cache"))
-    print(f"  reader, text (first pass, cache written) {text:10.0f} lines/s")
+    text, cached, reference, reader_rss = reader_figures(path, os.path.join(out, "reader-cache"))
+    print(f"  reader, text (first pass, cache written) {text:10.0f} lines/s   (reader alone: peak RSS "
+          f"{reader_rss:.0f} MB, its process; parse workers forked from it)")
     print(f"  reader, cache (second pass)              {cached:10.0f} lines/s")
     print(f"  reference line parser (first {REFERENCE_LINES} lines)  {reference:10.0f} lines/s"
           f"   -> text pass {text / reference:.1f}x")
@@ -156,8 +171,12 @@ def main():
     parser.add_argument("--big-rows", type=int, default=1000000, help="the second size, for memory growth")
     parser.add_argument("--skip-big", action="store_true", help="measure --rows only")
     parser.add_argument("--out", default="/tmp/escm2-pipeline", help="data and runs (kept data is reused)")
+    parser.add_argument("--reader-only", nargs=2, metavar=("FILE", "CACHE_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)  # the reader's per-file notes are not figures
+    if args.reader_only:
+        reader_only(*args.reader_only)
+        return
     with open("/proc/loadavg") as f:
         print(f"load average at start: {' '.join(f.read().split()[:3])} ({os.cpu_count()} cores)")
     measure(args.out, args.rows, ["mmoe", "mlp"], [False, True])

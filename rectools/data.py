@@ -13,6 +13,7 @@ import gc
 import multiprocessing
 import os
 import queue
+import signal
 import threading
 from dataclasses import dataclass
 
@@ -146,10 +147,14 @@ def background(iterable, depth):
 
 
 def _worker_start():
-    """In a forked worker: never collect what the parent left (its objects may hold locks or
-    resources of the parent's threads, e.g. tensors), and keep freed memory for reuse: glibc
-    otherwise serves each numpy temporary of a few MB from a fresh mmap, and page faults cost as
-    much as the parsing."""
+    """In a forked worker: the default signal handlers (not the parent's, e.g. Paddle's fatal-signal
+    reports; Ctrl-C is the parent's to handle); never collect what the parent left (its objects may
+    hold locks or resources of the parent's threads, e.g. tensors); and keep freed memory for
+    reuse: glibc otherwise serves each numpy temporary of a few MB from a fresh mmap, and page
+    faults cost as much as the parsing."""
+    for name in ("SIGTERM", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     gc.freeze()
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -177,7 +182,7 @@ def process_map(function, items, processes=None, ahead=None):
     processes (or where fork is unavailable) it runs in the calling thread.
     """
     processes = workers() if processes is None else processes
-    if not processes:
+    if not processes or "fork" not in multiprocessing.get_all_start_methods():
         yield from map(function, items)
         return
     ahead = ahead or 2 * processes

@@ -208,12 +208,26 @@ def test_vectorised_parser_gives_the_reference_arrays_and_counts(tmp_path, reque
         for key in expected:
             assert arrays[key].dtype == expected[key].dtype and np.array_equal(arrays[key], expected[key]), key
     assert used_fast == len(blocks) if fast_grammar else used_fast < len(blocks)
-    # the reader as training uses it (blocks of many lines) gives the reference's arrays
-    dataset = reader_module.RecDataset([path], config, processes=0)
-    got = list(dataset.chunks())
-    expected = [reference.parse(block, path, first)[0] for first, block in blocks]
-    for key in ("ids", "click", "buy", "sample_id"):
-        assert np.array_equal(np.concatenate([c[key] for c in got]), np.concatenate([e[key] for e in expected])), key
+    # the reader as training uses it gives the reference's arrays and counts: blocks of many lines,
+    # and (plain files) byte ranges smaller than a line, so that lines straddle ranges
+    expected = [reference.parse(block, path, first) for first, block in blocks]
+    expected_counts = reader_module.new_counts(fields)
+    for _, part in expected:
+        reader_module.add_counts(expected_counts, part)
+    for block_bytes in (reader_module.BLOCK_BYTES, 37):
+        dataset = reader_module.RecDataset([path], config, processes=0)
+        dataset.block_bytes = block_bytes
+        parts = dataset.parse_file(path)
+        got = []
+        while True:
+            try:
+                got.append(next(parts))
+            except StopIteration as stop:
+                assert stop.value == expected_counts
+                break
+        for key in ("ids", "click", "buy", "sample_id"):
+            assert np.array_equal(np.concatenate([c[key] for c in got]),
+                                  np.concatenate([e[key] for e, _ in expected])), (key, block_bytes)
 
 
 def test_a_sample_id_beyond_64_bits_is_a_data_error(tmp_path):
@@ -231,12 +245,20 @@ def test_a_byte_order_mark_at_the_start_is_skipped(tmp_path):
     assert list(data["sample_id"]) == [17, 18]
 
 
-def test_a_bad_line_far_into_a_file_is_named_by_the_worker_processes(tmp_path):
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_bad_line_far_into_a_file_is_named_by_the_worker_processes(tmp_path, compress):
     lines = [f"{i},0,0,101:{i % 50 + 1},205:3" for i in range(1, 30001)]
     lines[23456] = "23457,0,0,101:5,205:x"
     path = write_lines(str(tmp_path / "big.txt"), lines)
+    if compress:
+        with open(path, "rb") as f, gzip.open(path + ".gz", "wb") as out:
+            out.write(f.read())
+        path += ".gz"
+    config = model_config(["hyper_parameters.sparse_feature_number=1000", "runner.cache_dir=none"])
+    dataset = reader_module.RecDataset([path], config, chunk_lines=1000, processes=2)
+    dataset.block_bytes = 4096  # a hundred blocks before the bad line
     with pytest.raises(DataError) as error:
-        read([path], processes=2, chunk_lines=1000)
+        list(dataset.chunks())
     assert str(error.value) == f"{path}:23457: feature id of field 205 is not a non-negative integer: 'x'"
 
 

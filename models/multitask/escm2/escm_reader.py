@@ -23,6 +23,7 @@ this parsing schema); later epochs and runs read the cache instead of the text.
 """
 import gzip
 import logging
+import os
 import re
 import zlib
 
@@ -39,13 +40,14 @@ BOM = b"\xef\xbb\xbf"
 INT64_LIMIT = 2 ** 63
 PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or counts change
 BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
+FIRST_BLOCK_BYTES = 64 << 10  # the first block of a file: training starts without waiting for 2 MB
 
 
 class RecDataset(Reader):
     """The model's data: PaddleRec Ali-CCP lines of `file_list`, in order, as chunks of arrays.
 
     `config` gives hyper_parameters.fields (F), max_len (L) and sparse_feature_number (vocabulary),
-    and runner.cache_dir. `chunk_lines` bounds the lines of one chunk (and of one parsed block).
+    and runner.cache_dir. `chunk_lines` bounds the lines of one chunk.
     `processes`: parse workers (None: one per core; 0: parse in the calling thread).
     chunks() yields dicts: ids int64 [n, F, L] (0 pads), click, buy, sample_id int64 [n].
     Raises DataError naming file and line for malformed data (see LineParser).
@@ -58,6 +60,7 @@ class RecDataset(Reader):
         self.vocab = config["hyper_parameters.sparse_feature_number"]
         self.chunk_lines = chunk_lines
         self.processes = processes
+        self.block_bytes = BLOCK_BYTES
         self.cache = cache.ArrayCache(cache.cache_dir(config), {
             "format": "PaddleRec Ali-CCP lines", "parser_version": PARSER_VERSION, "fields": self.fields,
             "max_len": self.max_len, "sparse_feature_number": self.vocab})
@@ -69,15 +72,27 @@ class RecDataset(Reader):
             self._report(path, counts)
 
     def parse_file(self, path):
-        """Generator of the file's chunks, parsed from its text (blocks of whole lines, parsed in
-        worker processes, in order); returns the counts to report."""
+        """Generator of the file's chunks, parsed from its text in blocks of whole lines by worker
+        processes, in order; returns the counts to report. A plain file is cut into byte ranges
+        that each worker reads itself (the text never passes through this process); a .gz file is
+        read here and its blocks sent."""
         counts = new_counts(self.fields)
         parse = BlockParse(self.fields, self.max_len, self.vocab, path)
-        blocks = read_blocks(path, BLOCK_BYTES, self.chunk_lines)
-        for arrays, block_counts in process_map(parse, blocks, self.processes):
-            add_counts(counts, block_counts)
-            if len(arrays["click"]):
-                yield arrays
+        if path.endswith(".gz"):
+            parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), self.processes)
+        else:
+            parts = process_map(parse, byte_ranges(os.path.getsize(path), self.block_bytes), self.processes)
+        lines = 0  # before the block: a worker reading a range numbers its lines from 1
+        try:
+            for arrays, block_counts, block_lines in parts:
+                lines += block_lines
+                add_counts(counts, block_counts)
+                for start in range(0, len(arrays["click"]), self.chunk_lines):
+                    yield {k: v[start:start + self.chunk_lines] for k, v in arrays.items()}
+        except DataError as e:
+            if path.endswith(".gz") or e.path != path:
+                raise
+            raise DataError(path, lines + e.line_no, e.message) from None
         return counts
 
     def _report(self, path, counts):
@@ -108,9 +123,13 @@ def add_counts(total, part):
 
 
 class BlockParse:
-    """parse((first line number, block of lines)) -> (arrays, counts): the fast parser, or the
-    reference where the block is irregular (it names the first bad line). Picklable: it runs in
-    the parse workers."""
+    """The parse of one block in a worker process: the fast parser, or the reference where the
+    block is irregular (it names the first bad line). Picklable.
+
+    Called with (first line number, block of lines) -> (arrays, counts, lines in the block); or
+    with a byte range (start, end, file size) of a plain file, whose lines it reads itself and
+    numbers from 1 (the caller adds the lines before the range to a DataError's line number).
+    """
 
     def __init__(self, fields, max_len, vocab, path):
         self.path = path
@@ -118,11 +137,14 @@ class BlockParse:
         self.reference = LineParser(fields, max_len, vocab)
 
     def __call__(self, item):
+        if len(item) == 3:
+            item = 1, read_range(self.path, *item)
         first_line, block = item
         try:
-            return self.fast.parse(block)
+            arrays, counts = self.fast.parse(block)
         except Irregular:
-            return self.reference.parse(block, self.path, first_line)
+            arrays, counts = self.reference.parse(block, self.path, first_line)
+        return arrays, counts, block.count(b"\n")
 
 
 # ----------------------------------------------------------------------------- reading text
@@ -152,6 +174,44 @@ def read_blocks(path, block_bytes, max_lines):
             line_no = yield from _cut(text[:end], line_no, max_lines)
     if carry:
         yield line_no, carry + b"\n"
+
+
+def byte_ranges(size, block_bytes, first_bytes=FIRST_BLOCK_BYTES):
+    """(start, end, size) ranges tiling a file of `size` bytes: a small first one, so that the first
+    batches come at once, then `block_bytes` each."""
+    start, step = 0, min(first_bytes, block_bytes)
+    while start < size:
+        yield start, min(start + step, size), size
+        start, step = start + step, block_bytes
+
+
+def read_range(path, start, end, size):
+    """The lines of a plain file that start at a byte in [start, end), whole, each ending in \\n
+    (bytes: empty when none starts there); a BOM at the start of the file is dropped. Ranges that
+    tile the file give every line once, in order."""
+    with open(path, "rb") as f:
+        f.seek(max(start - 1, 0))
+        data = f.read(end - max(start - 1, 0))
+        if start > 0:  # the line running into the range belongs to the range before
+            cut = data.find(b"\n")
+            if cut < 0 or cut == len(data) - 1:  # no line starts before `end`
+                return b""
+            data = data[cut + 1:]
+        elif data.startswith(BOM):
+            data = data[len(BOM):]
+        if end < size and not data.endswith(b"\n"):  # finish the last line
+            rest = [data]
+            while True:
+                more = f.read(1 << 16)
+                cut = more.find(b"\n")
+                if cut >= 0 or not more:
+                    rest.append(more[:cut + 1] if cut >= 0 else more)
+                    break
+                rest.append(more)
+            data = b"".join(rest)
+    if data and not data.endswith(b"\n"):
+        data += b"\n"
+    return data
 
 
 def _cut(text, line_no, max_lines):
@@ -366,12 +426,16 @@ class _FieldTable:
             self.key[buckets[k]], self.slot[buckets[k]] = k, slot
 
     def _bucket(self, key):
-        return (key * self.multiplier) >> _U64(64 - self.bits)
+        bucket = key * self.multiplier
+        bucket >>= _U64(64 - self.bits)
+        return bucket.view(np.int64)  # small values: no conversion when indexing
 
     def __call__(self, key):
         """Slots of the keys, -1 for names that are no field."""
         bucket = self._bucket(key)
-        return np.where(self.key[bucket] == key, self.slot[bucket], -1)
+        slot = self.slot.take(bucket)
+        slot[self.key.take(bucket) != key] = -1
+        return slot
 
 
 class BlockParser:
@@ -388,6 +452,8 @@ class BlockParser:
         self.largest = _U64(int.from_bytes(f"{vocab - 1:08d}"[-8:].encode(), "big")) if vocab <= 10 ** 8 else None
 
     def parse(self, block):
+        if not block:
+            raise Irregular  # nothing to vectorise (a byte range inside one long line)
         if b"\r" in block:
             block = block.replace(b"\r\n", b"\n")
             if b"\r" in block:
@@ -445,44 +511,57 @@ class BlockParser:
             raise Irregular
         key = words[colon]
         key &= _TOP[name_len]
-        slot = self.table(key)
-        known = slot >= 0
-        if not known.all():
-            names, times = np.unique(key[~known], return_counts=True)
+        # runs of tokens of one field within a line (Ali-CCP's behaviour fields: hundreds long):
+        # the field table is consulted once per run, not once per token
+        run, run_slot = self._runs(key, np.searchsorted(field, first))
+        if np.any(run_slot < 0):
+            run_len = np.diff(np.append(run, len(key)))
+            unknown = run_slot < 0
+            names, where = np.unique(key[run[unknown]], return_inverse=True)
+            times = np.bincount(where, weights=run_len[unknown])
             counts["unknown"] = {int(k).to_bytes(8, "little").lstrip(b"\0").decode("ascii"): int(t)
                                  for k, t in zip(names, times)}
-            field, slot, colon = field[known], slot[known], colon[known]
+            known = np.repeat(~unknown, run_len)
+            field, colon, key = field[known], colon[known], key[known]
+            run, run_slot = self._runs(key, np.searchsorted(field, first))
         ids = np.zeros((n, F, L), dtype=np.int64)
         if len(field):
+            line_tok = np.searchsorted(field, first)
             end = sep[field + 1]
             length = end - colon - 1
             if length.min() < 1 or length.max() > 8 or self.vocab > 10 ** 8:
                 value, ok = _decimal(words, colon + 1, end)  # the general way: every value decoded
                 if not ok.all() or value.max() >= self.vocab:
                     raise Irregular
-                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                kept, at = self._place(run, run_slot, len(field), line_tok, counts)
                 ids.reshape(-1)[at] = value[kept]
             else:  # up to 8 digits: checked in place, the ids beyond max_len never decoded
                 digits = _padded(words[end], length)
                 if not _all_digits(digits).all() or digits.byteswap().max() > self.largest:
                     raise Irregular
-                kept, at = self._place(slot, np.searchsorted(field, first), counts)
+                kept, at = self._place(run, run_slot, len(field), line_tok, counts)
                 ids.reshape(-1)[at] = _value8(digits[kept])
         return {"ids": ids, "click": click, "buy": buy, "sample_id": sample_id}, counts
 
-    def _place(self, slot, line_start, counts):
-        """(tokens kept, their flat positions in ids [n, F, L]): the first max_len ids of each
-        (row, slot); the rest are counted per field. Works on runs of equal slot within a line, so
-        that the work per token is a few array operations and the rest is per run; line_start:
-        first token of each row."""
-        F, L, T = len(self.fields), self.max_len, len(slot)
+    def _runs(self, key, line_tok):
+        """(first token of each run of equal field names within a line, the run's slot or -1)."""
+        T = len(key)
+        if not T:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         boundary = np.empty(T, dtype=bool)
         boundary[0] = True
-        np.not_equal(slot[1:], slot[:-1], out=boundary[1:])
-        boundary[line_start[line_start < T]] = True
+        np.not_equal(key[1:], key[:-1], out=boundary[1:])
+        boundary[line_tok[line_tok < T]] = True
         run = np.flatnonzero(boundary)
+        return run, self.table(key[run])
+
+    def _place(self, run, run_slot, T, line_start, counts):
+        """(tokens kept, their flat positions in ids [n, F, L]): the first max_len ids of each
+        (row, slot); the rest are counted per field. Works per run of tokens of one field in a
+        line (see _runs); line_start: first token of each row, T: tokens."""
+        F, L = len(self.fields), self.max_len
         run_len = np.diff(np.append(run, T))
-        run_cell = (np.searchsorted(line_start, run, side="right") - 1) * F + slot[run]
+        run_cell = (np.searchsorted(line_start, run, side="right") - 1) * F + run_slot
         offset = np.zeros_like(run)  # ids of the cell in earlier runs: a field split within a line
         ordered = np.sort(run_cell)
         if np.any(ordered[1:] == ordered[:-1]):
@@ -493,6 +572,6 @@ class BlockParser:
         kept = np.clip(L - offset, 0, run_len)
         which = np.repeat(np.arange(len(run)), kept)
         j = np.arange(len(which)) - np.repeat(np.cumsum(kept) - kept, kept)
-        dropped = np.bincount(slot[run], weights=run_len - kept, minlength=F)
+        dropped = np.bincount(run_slot, weights=run_len - kept, minlength=F)
         counts["truncated"] = dict(zip(self.fields, dropped.astype(np.int64).tolist()))
         return run[which] + j, run_cell[which] * L + offset[which] + j
