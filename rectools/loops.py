@@ -111,6 +111,19 @@ def output_folder(config, claim=False):
     return folder
 
 
+def _prepare(config, package, mode, group, shard, gather, train):
+    """(dataset, engine, batch size, shard, gather) of a training or evaluation run: the data of
+    train_data_dir or test_data_dir, the engine of `mode`, and the seams defaulting to `group`'s."""
+    split = "train" if train else "infer"
+    data_key = "runner.train_data_dir" if train else "runner.test_data_dir"
+    dataset = reader(config, package, data_key, f"runner.{split}_reader_path")
+    engine = ENGINES[mode](config, package, train=train)
+    batch_size = config[f"runner.{split}_batch_size"]
+    group.check_data(dataset.file_list)
+    return (dataset, engine, batch_size, group.shard if shard is None else shard,
+            group.gather(batch_size) if gather is None else gather)
+
+
 def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
     """tools/trainer.py and tools/static_trainer.py: runner.epochs epochs from runner.model_init_path
     (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch (rectools.records: an
@@ -120,12 +133,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
     the same records, rank 0 alone writes them, and the ranks' parameters are checked to be
     identical after each epoch."""
     config.require("runner.train_data_dir", by="the trainer")
-    dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
-    engine = ENGINES[mode](config, package, train=True)
-    batch_size = config["runner.train_batch_size"]
-    shard = group.shard if shard is None else shard
-    gather = group.gather(batch_size) if gather is None else gather
-    group.check_data(dataset.file_list)
+    dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=True)
     save_root = output_folder(config, claim=group.main)  # first: it recovers an epoch a killed run was replacing
     group.barrier()  # the others read model_init_path once rank 0 has recovered the folder
     first_epoch = 0
@@ -201,12 +209,7 @@ def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
         raise ConfigError(f"{config.path}: no epochs to evaluate: runner.infer_start_epoch="
                           f"{config['runner.infer_start_epoch']}, runner.infer_end_epoch={end}")
     folders = [checkpoint.epoch_folder(load_root, e, "runner.infer_load_path") for e in epochs]  # fail early
-    dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
-    engine = ENGINES[mode](config, package, train=False)
-    batch_size = config["runner.infer_batch_size"]
-    shard = group.shard if shard is None else shard
-    gather = group.gather(batch_size) if gather is None else gather
-    group.check_data(dataset.file_list)
+    dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=False)
     metrics_file = os.path.join(output_folder(config), records.INFER) if group.main else None
     curves = curves_for(config, "infer", records.new_run()) if group.main else None
     results = []
