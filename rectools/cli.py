@@ -79,13 +79,24 @@ def one_line_errors(call, *args):
         sys.exit(1)
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Log lines on stdout; when its reader goes away (`| head`), the run goes on without them
+    instead of printing a traceback on stderr for every line."""
+
+    def handleError(self, record):
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        super().handleError(record)
+
+
 def run_command(call, *args):
     """A command's frame: Paddle's C++ log lines off (GLOG_LEVEL, unless GLOG_minloglevel is set),
     every log line and Python warning on stdout in one format, SIGTERM handled, then call(*args)
     with one_line_errors. Stderr is left to the one line of an error."""
     os.environ.setdefault("GLOG_minloglevel", GLOG_LEVEL)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s", stream=sys.stdout,
-                        force=True)  # whatever configured logging before, these lines win
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s",
+                        handlers=[_StdoutHandler(sys.stdout)], force=True)  # whatever configured logging before, these lines win
     logging.captureWarnings(True)
     handle_sigterm()
     return one_line_errors(call, *args)

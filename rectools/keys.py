@@ -32,10 +32,10 @@ RUNNER_KEYS = [
     Key("runner.infer_end_epoch", "int", None, "infer evaluates epochs up to this one, exclusive; default: epochs"),
     Key("runner.use_inference", "bool", False, "also export an inference model at the end of each epoch"),
     Key("runner.export_checkpoint", "path", None,
-        "checkpoint folder tools/export.py exports; default: the last epoch's under model_save_path"),
+        "checkpoint folder tools/export.py exports (e.g. output_model/1); default: <model_save_path>/<epochs - 1>"),
     Key("runner.export_dir", "path", None, "where tools/export.py writes; default: <export_checkpoint>/inference"),
     Key("runner.inference_model_dir", "path", None,
-        "exported model tools/predict.py runs; default: the last epoch's <model_save_path>/<epoch>/inference"),
+        "exported model tools/predict.py runs; default: <model_save_path>/<epochs - 1>/inference"),
     Key("runner.predict_data_dir", "path", None, "data tools/predict.py scores; default: test_data_dir"),
     Key("runner.predict_output", "path", None,
         "file tools/predict.py writes (sample_id and the model's outputs, CSV); default: "

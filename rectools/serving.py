@@ -81,7 +81,8 @@ def create_predictor(model_dir, serving, config):
     import paddle.inference as inference
     key = "runner.inference_model_dir"
     if not os.path.isdir(model_dir):
-        raise ConfigError(f"{key}: exported model folder not found: {model_dir}")
+        raise ConfigError(f"{key}: exported model folder not found: {model_dir}; export one with tools/export.py "
+                          f"(a retrained checkpoint holds no export unless runner.use_inference=True)")
     for name in (serving.MODEL, serving.PARAMS, serving.SIGNATURE):
         if not os.path.isfile(os.path.join(model_dir, name)):
             raise ConfigError(f"{key}: {model_dir} is not an exported model (no {name}); "

@@ -276,3 +276,15 @@ def test_use_visual_without_visualdl_is_one_line_and_exit_2(synthetic, tmp_path)
     assert result.returncode == 2 and "epoch: 0," not in result.stdout
     assert result.stderr == ('error: runner.use_visual is True but VisualDL is not installed: pip install visualdl '
                              '(or pip install -e ".[visual]"), or set runner.use_visual=False\n')
+
+
+def test_a_reader_of_stdout_that_goes_away_costs_no_traceback(synthetic, tmp_path):
+    child = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "tools", "trainer.py"), "-m", CONFIG, "-o",
+                              *data_overrides(synthetic), f"runner.model_save_path={tmp_path / 'out'}",
+                              "runner.epochs=1", "runner.print_interval=1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(tmp_path))
+    child.stdout.readline()
+    child.stdout.close()  # as `| head -1` does once it has its line
+    assert child.wait(timeout=300) == 0
+    assert child.stderr.read() == b""
+    assert (tmp_path / "out" / "0" / "checkpoint.json").is_file()  # the run went on to the end
