@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -156,13 +157,31 @@ def manifest(folder, key):
 
 
 def load_arrays(path, key):
-    """A dict saved with paddle.save as {name: ndarray}, whichever graph mode wrote it or reads it;
-    a damaged or unreadable file is a ConfigError naming `key`."""
+    """A dict of arrays written by save_arrays (or paddle.save) as {name: ndarray}, whichever graph
+    mode wrote it or reads it; a damaged or unreadable file is a ConfigError naming `key`."""
     import paddle
     try:
-        return {k: np.array(v) for k, v in paddle.load(path).items()}
+        return {k: np.asarray(v) for k, v in paddle.load(path, return_numpy=True).items()}
     except Exception as e:  # noqa: BLE001  paddle raises several kinds for a damaged file
         raise ConfigError(f"{key}: cannot read {path}: {e}") from None
+
+
+class _ArrayPickler(pickle.Pickler):
+    """Turns a Paddle tensor into an ndarray only when its turn to be written comes; with pickle
+    protocol 5 an array's bytes go to the file without another copy in memory."""
+
+    def reducer_override(self, obj):
+        if hasattr(obj, "__array__") and not isinstance(obj, np.ndarray):  # paddle.Tensor, DenseTensor
+            return np.array(obj).__reduce_ex__(5)
+        return NotImplemented
+
+
+def save_arrays(arrays, path):
+    """Write {name: ndarray or Paddle tensor} to `path` as a pickle that paddle.load reads (the
+    layout paddle.save gives a state dict). Memory: one tensor's copy at a time, where paddle.save
+    copies every tensor to numpy first and then each array's bytes once more."""
+    with open(path, "wb") as f:
+        _ArrayPickler(f, protocol=5).dump(dict(arrays))
 
 
 def check_fits(model_shapes, state, folder, key, hint=()):
@@ -193,13 +212,14 @@ def load_checkpoint(engine, folder, key, with_optimizer):
 
 
 def write_checkpoint(engine, folder, export=None):
-    """The engine's parameters and optimizer state into `folder`; export(params, folder) adds more."""
-    import paddle
+    """The engine's parameters and optimizer state into `folder`; export(params, folder) adds more.
+    The parameters' copy is let go before the optimizer state (twice their size) is written."""
     params = engine.parameters()
-    paddle.save(params, os.path.join(folder, PARAMS))
-    paddle.save(engine.optimizer_state(), os.path.join(folder, OPT_STATE))
+    save_arrays(params, os.path.join(folder, PARAMS))
     if export is not None:
         export(params, folder)
+    del params
+    save_arrays(engine.optimizer_state(), os.path.join(folder, OPT_STATE))
 
 
 def epoch_folder(root, epoch, key):

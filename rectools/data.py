@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cli import raise_pending_stop
 from .errors import ConfigError
 from .model_loader import model_module
 
@@ -135,6 +136,7 @@ def background(iterable, depth):
     thread.start()
     try:
         while True:
+            raise_pending_stop()
             kind, value = items.get()
             if kind == _END:
                 return

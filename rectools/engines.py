@@ -3,7 +3,8 @@
 
 Both engines offer: mode ("dygraph" | "static"), summarize_metrics(predictions), train_step(batch,
 metrics, weight=1.0) and eval_step(batch, metrics) -> {loss term: float}, parameters() -> {checkpoint
-name: ndarray}, set_parameters(state, folder, key), optimizer_state(), set_optimizer_state(state).
+name: ndarray}, set_parameters(state, folder, key), optimizer_state() -> {name: tensor} (not
+copied), set_optimizer_state(state).
 Checkpoint names are the dygraph model's state_dict names in both modes, so checkpoints load in
 either, and the same whatever the number of processes.
 
@@ -170,9 +171,11 @@ class StaticEngine:
             self._set(name, state[key_])
 
     def optimizer_state(self):
-        """Every persistable value of the program that is not a parameter: moments, beta powers, rates."""
+        """Every persistable value of the program that is not a parameter: moments, beta powers, rates
+        (the scope's tensors, not copies)."""
         params = set(self.names.values())
-        return {name: self._get(name) for name in self.program.state_dict() if name not in params}
+        return {name: self.scope.find_var(name).get_tensor() for name in self.program.state_dict()
+                if name not in params}
 
     def set_optimizer_state(self, state):
         for name, value in state.items():

@@ -8,41 +8,51 @@ EPS = 1e-7
 
 
 def auc(labels, scores):
-    """Rank-based ROC AUC; tied scores share their average rank. NaN when one class is absent."""
+    """Rank-based ROC AUC of `scores` ([n], any real dtype, ranked as given) for 0/1 `labels` [n];
+    tied scores share their average rank. NaN when one class is absent.
+    Memory: about 14 bytes an item at once (the sort order, then the labels in score order)."""
     labels = np.asarray(labels).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = np.asarray(scores)
     n_pos = int(labels.sum())
     n_neg = labels.size - n_pos
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ordered = scores[order]
-    bounds = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1], True])
-    tie_ranks = (bounds[:-1] + bounds[1:] + 1) / 2.0  # average 1-based rank of each tie group
-    ranks = np.empty(labels.size)
-    ranks[order] = np.repeat(tie_ranks, np.diff(bounds))
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    order = np.argsort(scores, kind="stable")
+    ordered, hits = scores[order], labels[order]
+    del order
+    tie = ordered[1:] == ordered[:-1]
+    del ordered
+    if tie.any():  # average 1-based rank of each tie group, counted once per positive in it
+        bounds = np.flatnonzero(np.r_[True, ~tie, True])
+        positives = np.add.reduceat(hits, bounds[:-1], dtype=np.int64)
+        rank_sum = float(positives @ ((bounds[:-1] + bounds[1:] + 1) / 2.0))
+    else:
+        rank_sum = float(np.flatnonzero(hits).sum()) + n_pos
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
 
 
 def logloss(labels, probs):
+    """Mean binary cross-entropy of probabilities `probs` [n] (clipped to [EPS, 1 - EPS]) for 0/1 `labels` [n]."""
     if len(labels) == 0:
         return float("nan")
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    np.subtract(1.0, p, out=p, where=np.asarray(labels) == 0)  # the probability given to the label seen
+    return float(-np.log(p, out=p).mean())
 
 
 def calibration(labels, probs):
     """Mean prediction over mean label: 1 is calibrated, >1 over-estimates."""
-    mean_label = float(np.mean(labels)) if len(labels) else 0.0
-    return float(np.mean(probs)) / mean_label if mean_label > 0 else float("nan")
+    mean_label = float(np.mean(labels, dtype=np.float64)) if len(labels) else 0.0
+    return float(np.mean(probs, dtype=np.float64)) / mean_label if mean_label > 0 else float("nan")
 
 
 def ctr_cvr_report(pctr, pcvr, click, buy):
-    """The ESMM/ESCM2 protocol: CTR and CTCVR over all impressions, CVR over clicked ones."""
-    pctr, pcvr = np.asarray(pctr, np.float64), np.asarray(pcvr, np.float64)
+    """The ESMM/ESCM2 protocol: CTR and CTCVR over all impressions, CVR over clicked ones.
+    pctr, pcvr: probabilities [n] (float32 or float64, kept as given); click, buy: 0/1 [n] (any
+    integer dtype). pCTCVR = pCTR * pCVR in float64, so that its tiny values keep their order."""
+    pctr, pcvr = np.asarray(pctr), np.asarray(pcvr)
     click, buy = np.asarray(click), np.asarray(buy)
-    pctcvr = pctr * pcvr
+    pctcvr = pctr.astype(np.float64) * pcvr
     clicked = click == 1
     return {
         "auc_ctr": auc(click, pctr),
@@ -54,7 +64,7 @@ def ctr_cvr_report(pctr, pcvr, click, buy):
         "calibration_ctr": calibration(click, pctr),
         "calibration_cvr": calibration(buy[clicked], pcvr[clicked]),
         "calibration_ctcvr": calibration(buy, pctcvr),
-        "mean_pcvr": float(pcvr.mean()) if pcvr.size else float("nan"),
+        "mean_pcvr": float(pcvr.mean(dtype=np.float64)) if pcvr.size else float("nan"),
         "samples": int(click.size),
         "clicks": int(clicked.sum()),
         "conversions": int((buy == 1).sum()),

@@ -299,3 +299,35 @@ def test_a_trainer_takes_over_what_a_killed_trainer_left(tmp_path):
     assert f"recovered {out} after a killed run: finished replacing 0; removed 2 temporaries" in result.stdout
     assert hidden(out) == [] and sorted(os.listdir(out)) == ["0", "train_metrics.jsonl"]
     assert checkpoint.manifest(str(out / "0"), "key")["mode"] == "dygraph"  # retrained by this run
+
+
+def test_save_arrays_writes_what_paddle_load_reads_from_tensors_and_arrays(tmp_path):
+    import paddle
+    from paddle.base import core
+    dense = core.DenseTensor()
+    dense.set(np.arange(6, dtype=np.float32).reshape(2, 3), paddle.CPUPlace())
+    arrays = {"tensor": paddle.to_tensor(np.array([[1.5, -2.0]], dtype=np.float32)), "dense": dense,
+              "array": np.arange(4, dtype=np.int64), "empty": np.zeros((0, 12), dtype=np.float32)}
+    path = str(tmp_path / checkpoint.OPT_STATE)
+    checkpoint.save_arrays(arrays, path)
+    expected = {"tensor": np.array([[1.5, -2.0]], dtype=np.float32), "dense": np.arange(6, dtype=np.float32).reshape(2, 3),
+                "array": np.arange(4, dtype=np.int64), "empty": np.zeros((0, 12), dtype=np.float32)}
+    for loaded in (checkpoint.load_arrays(path, "key"), {k: v.numpy() for k, v in paddle.load(path).items()}):
+        assert loaded.keys() == expected.keys()
+        for name, value in expected.items():
+            assert loaded[name].dtype == value.dtype and np.array_equal(loaded[name], value), name
+
+
+def test_an_optimizer_state_written_by_save_arrays_restores_adam(tmp_path):
+    import paddle
+    paddle.seed(0)
+    net = paddle.nn.Linear(3, 1)
+    adam = paddle.optimizer.Adam(parameters=net.parameters())
+    net(paddle.ones([2, 3])).sum().backward()
+    adam.step()
+    path = str(tmp_path / checkpoint.OPT_STATE)
+    checkpoint.save_arrays(adam.state_dict(), path)
+    fresh = paddle.optimizer.Adam(parameters=net.parameters())
+    fresh.set_state_dict(checkpoint.load_arrays(path, "key"))
+    for name, value in adam.state_dict().items():
+        assert np.array_equal(np.asarray(fresh.state_dict()[name]), np.asarray(value)), name

@@ -48,3 +48,22 @@ def test_cvr_is_evaluated_over_clicked_impressions_only():
 def test_logloss_and_calibration():
     assert logloss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
     assert calibration([1, 0, 0, 0], [0.5] * 4) == pytest.approx(2.0)
+
+
+def test_labels_of_any_integer_dtype_and_float32_scores_give_the_same_report():
+    rng = np.random.default_rng(3)
+    pctr, pcvr = rng.random(500).astype(np.float32), rng.random(500).astype(np.float32)
+    click = (rng.random(500) < 0.4).astype(np.int64)
+    buy = click * (rng.random(500) < 0.5)
+    wide = ctr_cvr_report(pctr.astype(np.float64), pcvr.astype(np.float64), click, buy)
+    narrow = ctr_cvr_report(pctr, pcvr, click.astype(np.int8), buy.astype(np.int8))
+    assert wide.keys() == narrow.keys()
+    for key in wide:
+        assert narrow[key] == pytest.approx(wide[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_auc_without_ties_equals_the_pairwise_definition(seed):
+    rng = np.random.default_rng(seed)
+    labels, scores = rng.integers(0, 2, 150), rng.permutation(150).astype(np.float32)
+    assert auc(labels, scores) == pytest.approx(pairwise_auc(labels, scores), abs=1e-12)

@@ -1,5 +1,6 @@
 """The PaddleRec dygraph contract for ESCM2 (rectools.contract.DygraphModel), used by
 tools/trainer.py, tools/infer.py and export."""
+import numpy as np
 import paddle
 
 from rectools.contract import DygraphModel as DygraphContract
@@ -40,8 +41,9 @@ class DygraphModel(DygraphContract):
 
 
 def collect(metrics, batch, pctr, pcvr):
-    """A batch's pCTR and pCVR [B] and its labels into the epoch's metrics."""
-    metrics.add(pctr=pctr, pcvr=pcvr, **{k: batch[k] for k in LABELS})
+    """A batch's pCTR and pCVR [B] and its labels into the epoch's metrics (labels as int8: they
+    are 0/1, and an epoch keeps them for every impression)."""
+    metrics.add(pctr=pctr, pcvr=pcvr, **{k: np.asarray(batch[k], dtype=np.int8) for k in LABELS})
 
 
 def summarize_metrics(predictions):

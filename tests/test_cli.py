@@ -1,0 +1,76 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from rectools import cli
+
+AMD = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n"
+
+
+@pytest.mark.parametrize("cpuinfo, environ, expected", [
+    (AMD, {}, "5"),
+    (AMD.replace(" avx2", ""), {}, None),  # no AVX2: MKL's AVX2 code would not run
+    (AMD.replace("AuthenticAMD", "GenuineIntel"), {}, None),  # MKL picks its best code on Intel itself
+    (AMD, {"MKL_DEBUG_CPU_TYPE": ""}, ""),  # set by the user, even empty: left alone
+    (AMD, {"MKL_DEBUG_CPU_TYPE": "4"}, "4"),
+])
+def test_mkl_is_pointed_at_avx2_on_amd_only_when_unset(tmp_path, cpuinfo, environ, expected):
+    path = tmp_path / "cpuinfo"
+    path.write_text(cpuinfo)
+    changed = cli.mkl_avx2_on_amd(str(path), environ)
+    assert environ.get("MKL_DEBUG_CPU_TYPE") == expected
+    assert changed == (expected == "5" and cpuinfo == AMD)
+
+
+def test_mkl_rule_without_cpuinfo_changes_nothing(tmp_path):
+    environ = {}
+    assert not cli.mkl_avx2_on_amd(str(tmp_path / "absent"), environ) and environ == {}
+
+
+def _this_cpu_is_amd_with_avx2():
+    return cli.mkl_avx2_on_amd(environ={})
+
+
+@pytest.mark.parametrize("preset", [None, ""])
+def test_a_tool_says_when_it_sets_mkl_and_paddle_sees_it(preset):
+    env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+    if preset is not None:
+        env["MKL_DEBUG_CPU_TYPE"] = preset
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from rectools import cli; "
+            "cli.run_command(lambda: (cli.load_paddle(), print('seen', repr(os.environ.get('MKL_DEBUG_CPU_TYPE')))))")
+    out = subprocess.run([sys.executable, "-c", code, REPO], env=env, capture_output=True, text=True, check=True).stdout
+    said = "MKL_DEBUG_CPU_TYPE=5 for MKL's AVX2 code" in out
+    if preset is None and _this_cpu_is_amd_with_avx2():
+        assert said and "seen '5'" in out
+    else:
+        assert not said and f"seen {preset!r}" in out
+
+
+def test_a_ctrl_c_dropped_by_a_finalizer_still_stops_at_the_next_batch():
+    # CPython drops an exception raised while a finalizer runs ("Exception ignored in ..."): a
+    # Ctrl-C landing there would otherwise be lost and training would go on
+    code = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+from rectools import cli, data
+
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # bytecodes: the handler runs here, inside the finalizer
+            pass
+
+def main():
+    for item in data.background(range(100), 2):
+        if item == 3:
+            Finalized()
+        if item == 99:
+            print("went on to the end")
+cli.run_command(main)
+"""
+    done = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (cli.INTERRUPTED, "interrupted\n")
+    assert "went on to the end" not in done.stdout
