@@ -11,13 +11,15 @@ For each file size (default 200,000 lines, then 1,000,000 to show that memory do
 3. Training end to end, tools/trainer.py as a subprocess, batch 1024, DR, two epochs with a fresh
    cache folder: epoch 0 reads text, epoch 1 the cache; samples/s as the trainer reports them. With
    PaddleRec's MMoE configuration (expert_num 8, expert_size 16, tower_size 8, dim 12) and with the
-   config's MLP towers; each with and without MKL_DEBUG_CPU_TYPE=5 in the environment (Paddle's
-   bundled MKL takes a slow code path on AMD CPUs unless it is set before the process starts).
+   config's MLP towers; each with the tools' MKL setting (on an AMD CPU with AVX2 they set
+   MKL_DEBUG_CPU_TYPE=5, MKL's AVX2 code; rectools.cli.mkl_avx2_on_amd) and with MKL left to its own
+   choice (MKL_DEBUG_CPU_TYPE set empty, which the tools leave alone and MKL ignores).
    Memory: the peak RSS of the trainer process (its own high-water mark), and the peak of the summed
    PSS of the trainer and its parse workers (sampled every 0.1 s; PSS splits shared pages fairly
    between the forked workers and the trainer). The reader's own peak RSS is measured alone too:
-   training adds the exact-AUC accumulator (rectools/metrics.py keeps pCTR, pCVR, click and buy of
-   every impression of the epoch, 24 bytes each), which grows with the epoch by design.
+   training adds the exact-AUC predictions (pCTR and pCVR as float32, click and buy as int8 and
+   the int64 sample_id of every impression of the epoch, 18 bytes each), which grow with the epoch
+   by design.
 Every figure shares the machine with whatever else runs: compare rows of one run.
 """
 import argparse
@@ -112,13 +114,14 @@ def _pss_kb(pid):
 
 
 def train(data_dir, net, mkl, out):
-    """Samples/s of epoch 0 (text) and epoch 1 (cache), peak RSS of the trainer and peak PSS of its tree (MB)."""
-    run = os.path.join(out, f"run-{net}-{'mkl5' if mkl else 'plain'}")
+    """(samples/s of epoch 0 (text) and epoch 1 (cache), peak RSS of the trainer and peak PSS of its
+    tree (MB), the MKL code it ran). mkl: "tools" (the tools' setting) or "own" (MKL's choice)."""
+    run = os.path.join(out, f"run-{net}-{mkl}")
     shutil.rmtree(run, ignore_errors=True)
     os.makedirs(run)
     env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
-    if mkl:
-        env["MKL_DEBUG_CPU_TYPE"] = "5"
+    if mkl == "own":
+        env["MKL_DEBUG_CPU_TYPE"] = ""
     with open(os.path.join(run, "log.txt"), "w") as log:
         child = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "tools", "trainer.py"), "-m", CONFIG, "-o",
                                   f"runner.train_data_dir={data_dir}", f"runner.model_save_path={run}/model",
@@ -141,12 +144,14 @@ def train(data_dir, net, mkl, out):
         sys.exit(f"trainer failed, see {run}/log.txt")
     with open(os.path.join(run, "model", "train_metrics.jsonl")) as f:
         ips = [json.loads(line)["ips"] for line in f]
+    with open(os.path.join(run, "log.txt")) as f:
+        code = "AVX2 (set by the tools)" if "MKL_DEBUG_CPU_TYPE=5" in f.read() else "MKL's own choice"
     shutil.rmtree(os.path.join(run, "cache"), ignore_errors=True)
     shutil.rmtree(os.path.join(run, "model"), ignore_errors=True)
-    return ips[0], ips[1], usage.ru_maxrss / 1024, peak_pss[0] / 1024
+    return ips[0], ips[1], usage.ru_maxrss / 1024, peak_pss[0] / 1024, code
 
 
-def measure(out, rows, nets, mkl_choices):
+def measure(out, rows, nets, mkl_choices=("tools", "own")):
     print(f"\n{rows} lines of the real shape, max_len 3, 737946 ids:")
     path = make_data(out, rows)
     text, cached, reference, reader_rss = reader_figures(path, os.path.join(out, "reader-cache"))
@@ -156,13 +161,12 @@ def measure(out, rows, nets, mkl_choices):
     print(f"  reference line parser (first {REFERENCE_LINES} lines)  {reference:10.0f} lines/s"
           f"   -> text pass {text / reference:.1f}x")
     print("  training end to end, batch 1024, DR (samples/s; MB):")
-    print(f"    {'net':5s} {'MKL_DEBUG_CPU_TYPE':18s} {'epoch 0 (text)':>15s} {'epoch 1 (cache)':>16s} "
+    print(f"    {'net':5s} {'MKL code':24s} {'epoch 0 (text)':>15s} {'epoch 1 (cache)':>16s} "
           f"{'peak RSS':>9s} {'peak PSS, all':>14s}")
     for net in nets:
         for mkl in mkl_choices:
-            cold, warm, rss, pss = train(os.path.dirname(path), net, mkl, out)
-            print(f"    {net:5s} {'5' if mkl else 'unset':18s} {cold:15.0f} {warm:16.0f} {rss:9.0f} {pss:14.0f}",
-                  flush=True)
+            cold, warm, rss, pss, code = train(os.path.dirname(path), net, mkl, out)
+            print(f"    {net:5s} {code:24s} {cold:15.0f} {warm:16.0f} {rss:9.0f} {pss:14.0f}", flush=True)
 
 
 def main():
@@ -179,9 +183,9 @@ def main():
         return
     with open("/proc/loadavg") as f:
         print(f"load average at start: {' '.join(f.read().split()[:3])} ({os.cpu_count()} cores)")
-    measure(args.out, args.rows, ["mmoe", "mlp"], [False, True])
+    measure(args.out, args.rows, ["mmoe", "mlp"])
     if not args.skip_big:
-        measure(args.out, args.big_rows, ["mmoe"], [False, True])
+        measure(args.out, args.big_rows, ["mmoe"])
     with open("/proc/loadavg") as f:
         print(f"\nload average at end: {' '.join(f.read().split()[:3])}")
 

@@ -339,7 +339,6 @@ _U64 = np.uint64
 _ASCII_ZEROS = _U64(0x3030303030303030)
 # _TOP[n]: mask of the n most significant bytes of a little-endian word (its last n bytes in memory)
 _TOP = np.array([0] + [(2 ** 64 - 1) ^ (2 ** (8 * (8 - n)) - 1) for n in range(1, 9)], dtype=_U64)
-_PAD = _ASCII_ZEROS & ~_TOP  # '0' in the bytes below the top n
 
 
 def _words(text):
@@ -351,30 +350,26 @@ def _words(text):
     return np.ndarray((len(text) + 1,), dtype="<u8", buffer=padded, strides=(1,))
 
 
-def _padded(word, n):
-    """The words with every byte below their last n (1..8) set to '0': 8-digit numbers when the
-    last n bytes are digits."""
-    v = word & _TOP[n]
-    v |= _PAD[n]
+def _digit_values(word, n):
+    """The last n (1..8) bytes of each word of ASCII text as digit values (byte - '0'), the bytes
+    below them 0: an 8-digit number with leading zeros, when those n bytes are digits."""
+    v = word ^ _ASCII_ZEROS
+    v &= _TOP[n]
     return v
 
 
 def _all_digits(v):
-    """Whether all 8 bytes of each word are ASCII digits."""
-    t = v + _U64(0x0606060606060606)  # a byte above '9' carries into its high nibble
-    t &= _U64(0xF0F0F0F0F0F0F0F0)
-    t >>= _U64(4)
-    t |= v & _U64(0xF0F0F0F0F0F0F0F0)
-    return t == _U64(0x3333333333333333)
+    """Whether every byte of each word of _digit_values is a digit value (0..9): a byte of 10 or
+    more (at most 0x7F for ASCII) reaches 0x80 when 0x76 is added, without carrying further."""
+    return ((v + _U64(0x7676767676767676)) & _U64(0x8080808080808080)) == 0
 
 
 def _value8(v):
-    """Values of 8-digit words (see _padded). SWAR: digit pairs, quads and the eight combined by
-    three multiplications (the method of Lemire's fast_float and simdjson); in place where it can,
-    as temporaries cost page faults."""
-    v = v - _ASCII_ZEROS  # digit values, the most significant digit in the lowest byte
+    """Values of 8-digit words of digit values (see _digit_values). SWAR: digit pairs, quads and
+    the eight combined by three multiplications (the method of Lemire's fast_float and simdjson);
+    in place where it can, as temporaries cost page faults."""
     t = v >> _U64(8)
-    v *= _U64(10)
+    v = v * _U64(10)  # digit values, the most significant digit in the lowest byte
     v += t  # pairs
     np.right_shift(v, _U64(16), out=t)
     t &= _U64(0x000000FF000000FF)
@@ -391,12 +386,12 @@ def _decimal(words, start, end):
     n = end - start
     if len(n) and (n.min() < 1 or n.max() > 16):
         raise Irregular
-    v = _padded(words[end], np.minimum(n, 8))
+    v = _digit_values(words[end], np.minimum(n, 8))
     ok = _all_digits(v)
     value = _value8(v)
     long = np.flatnonzero(n > 8)
     if len(long):
-        high = _padded(words[end[long] - 8], n[long] - 8)
+        high = _digit_values(words[end[long] - 8], n[long] - 8)
         value[long] += _value8(high) * 10 ** 8
         ok[long] &= _all_digits(high)
     return value, ok
@@ -447,9 +442,10 @@ class BlockParser:
     def __init__(self, fields, max_len, vocab):
         self.fields, self.max_len, self.vocab = fields, max_len, vocab
         self.table = _FieldTable(fields)
-        # the largest id as 8 digit bytes, most significant first in a big-endian word: digit words
-        # compare like their numbers once byte-swapped
-        self.largest = _U64(int.from_bytes(f"{vocab - 1:08d}"[-8:].encode(), "big")) if vocab <= 10 ** 8 else None
+        # the largest id as 8 digit values, most significant first in a big-endian word: words of
+        # digit values compare like their numbers once byte-swapped
+        self.largest = (_U64(int.from_bytes(bytes(int(d) for d in f"{vocab - 1:08d}"), "big"))
+                        if vocab <= 10 ** 8 else None)
 
     def parse(self, block):
         if not block:
@@ -536,7 +532,7 @@ class BlockParser:
                 kept, at = self._place(run, run_slot, len(field), line_tok, counts)
                 ids.reshape(-1)[at] = value[kept]
             else:  # up to 8 digits: checked in place, the ids beyond max_len never decoded
-                digits = _padded(words[end], length)
+                digits = _digit_values(words[end], length)
                 if not _all_digits(digits).all() or digits.byteswap().max() > self.largest:
                     raise Irregular
                 kept, at = self._place(run, run_slot, len(field), line_tok, counts)
