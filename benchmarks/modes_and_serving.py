@@ -6,7 +6,8 @@
    dygraph trainer and the static trainer, batch 1024, Ali-CCP's table size (737946 x 12),
    max_len 3, DR mode: samples/s as each trainer reports it in train_metrics.jsonl.
 2. The exported predictor (paddle.inference) at batch 1024 on 1 and 2 threads, for the MLP towers
-   and for the MMoE backbone (PaddleRec's net): samples/s over preloaded batches.
+   and for the MMoE backbone (PaddleRec's net): samples/s over preloaded batches, in this process
+   with the tools' MKL setting (rectools.cli.mkl_avx2_on_amd, applied before Paddle loads).
 Figures are for comparing rows of one run; absolute numbers drift on shared machines.
 """
 import argparse
@@ -63,6 +64,8 @@ def main():
     parser.add_argument("--rows", type=int, default=200000)
     parser.add_argument("--out", default="/tmp/escm2-bench")
     args = parser.parse_args()
+    from rectools.cli import mkl_avx2_on_amd
+    mkl_avx2_on_amd()  # as the tools do: this process measures the predictor
     data = os.path.join(args.out, f"data-{args.rows}")
     if not os.path.isdir(data):
         subprocess.run([sys.executable, os.path.join(REPO, "datasets", "synthetic", "generate.py"), "--out", data,
