@@ -463,7 +463,7 @@ class BlockParser:
 
         # segments: the text between separators; segment k is text[sep[k - 1] + 1:sep[k]], sep[k]
         # being a ',', ':' or LF (sep[-1] is taken as -1)
-        sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10)).astype(np.int32)  # half the bytes to move
+        sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10))  # intp: gathers index with it unconverted
         kind = text[sep]
         last = np.flatnonzero(kind == 10)  # the last segment of each line
         first = np.empty_like(last)
@@ -489,7 +489,7 @@ class BlockParser:
             raise Irregular
 
         # the rest: field:feat tokens, and an md5 column 4 (the one column there without ':')
-        field = np.flatnonzero(kind == 58).astype(np.int32)
+        field = np.flatnonzero(kind == 58)
         md5 = first[last - first >= 3] + 3
         md5 = md5[kind[md5] != 58]
         if len(sep) != 3 * n + counts["blank"] + 2 * len(field) + len(md5) or np.any(kind[field + 1] == 58):
