@@ -54,8 +54,8 @@ def atomic_folder(final):
     a run killed between them, since a .old exists only once the .new is complete."""
     new, old = _temp_names(final)
     os.makedirs(os.path.dirname(new), exist_ok=True)
-    os.mkdir(new)  # mode 0777 & ~umask, as readable as any folder its user makes
-    try:
+    try:  # from the mkdir on: a stop landing just after it must not leave the folder behind
+        os.mkdir(new)  # mode 0777 & ~umask, as readable as any folder its user makes
         yield new
         if os.path.exists(final):
             os.rename(final, old)
@@ -77,8 +77,8 @@ def atomic_file(final):
     """Yields an open text file; on success it becomes `final`, on failure it disappears."""
     new, _ = _temp_names(final)
     os.makedirs(os.path.dirname(new), exist_ok=True)
-    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like open()
-    try:
+    try:  # from the open on, as in atomic_folder
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like open()
         with os.fdopen(fd, "w") as f:
             yield f
         os.replace(new, final)

@@ -74,13 +74,20 @@ def _on_sigterm(signum, frame):
     _stopping(Terminated)
 
 
+_inherited_ignored = None  # the stop signals this process was started with ignored (a background job's)
+
+
 def handle_stop_signals():
     """Make Ctrl-C raise KeyboardInterrupt and SIGTERM raise Terminated in this process, and
-    remember that they came (main thread only; idempotent). See raise_pending_stop."""
-    global _main_pid
+    remember that they came (main thread only; idempotent). See raise_pending_stop. A signal the
+    process was started with ignored (a job started in the background by a shell script) stays
+    ignored, as Python itself leaves it."""
+    global _main_pid, _inherited_ignored
     _main_pid = os.getpid()
-    signal.signal(signal.SIGINT, _on_sigint)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    if _inherited_ignored is None:
+        _inherited_ignored = {sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) == signal.SIG_IGN}
+    for sig, handler in ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm)):
+        signal.signal(sig, signal.SIG_IGN if sig in _inherited_ignored else handler)
 
 
 def raise_pending_stop():
@@ -115,20 +122,24 @@ def _stop(line, status):
 def one_line_errors(call, *args):
     """call(*args); a UserError becomes one line on stderr and its exit status (2), Ctrl-C the line
     "interrupted" and status 130, SIGTERM (with handle_stop_signals) the line "terminated" and status
-    143, a closed stdout status 1. Outputs are atomic (rectools.checkpoint, rectools.records), so a
+    143 (also when the stop surfaces as another error), a closed stdout status 1. Outputs are atomic (rectools.checkpoint, rectools.records), so a
     stopped run leaves the checkpoints and records of the epochs it finished, and nothing
     half-written; sys.exit runs the exit handlers, which release the output folder's lock."""
     try:
         return call(*args)
-    except UserError as e:
-        _stop(f"error: {e}", e.exit_code)
     except KeyboardInterrupt:
         _stop("interrupted", INTERRUPTED)
     except Terminated:
         _stop("terminated", TERMINATED)
-    except BrokenPipeError:  # the reader of stdout went away (| head): nothing left to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(1)
+    except Exception as e:
+        if _stop_signal is not None:  # what a stop led to: another process's collective timing out, say
+            _stop(*{KeyboardInterrupt: ("interrupted", INTERRUPTED), Terminated: ("terminated", TERMINATED)}[_stop_signal])
+        if isinstance(e, UserError):
+            _stop(f"error: {e}", e.exit_code)
+        if isinstance(e, BrokenPipeError):  # the reader of stdout went away (| head): nothing left to say
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+        raise
 
 
 class _StdoutHandler(logging.StreamHandler):
@@ -152,7 +163,11 @@ def run_command(call, *args):
     logging.captureWarnings(True)
     handle_stop_signals()
     sys.unraisablehook = _quiet_dropped_stop
-    return one_line_errors(call, *args)
+    result = one_line_errors(call, *args)
+    # the work is done and its outputs whole: held from here, a stop arriving while Python and Paddle
+    # shut down changes nothing, where the default action would end the process silently
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    return result
 
 
 def load_paddle():
@@ -174,14 +189,22 @@ def load_paddle():
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _after_paddle(main, *args):
+def _config_then_paddle(main, load, config_path, overrides):
+    loaded = load(config_path, overrides)  # a config error is reported before Paddle's import
     load_paddle()
-    return main(*args)
+    return main(*loaded)
 
 
-def run(main, description, argv=None):
-    """Parse PaddleRec's flags, then load Paddle and run main(config_path, overrides), both in
+def _model_config(config_path, overrides):
+    from .model_loader import load
+    return load(config_path, overrides)
+
+
+def run(main, description, argv=None, load=_model_config):
+    """Parse PaddleRec's flags; read the config with load(config_path, overrides) (by default the
+    model folder's: (config, package), rectools.model_loader.load), so that a config error is one
+    line before Paddle loads; then load Paddle and run main(*what load returned), all in
     run_command's frame. `main` imports what needs Paddle itself (not the command's module), so
     that nothing heavy loads outside the frame."""
     args = parse_args(description, argv)
-    run_command(_after_paddle, main, args.config_yaml, args.opt)
+    run_command(_config_then_paddle, main, load, args.config_yaml, args.opt)

@@ -89,6 +89,9 @@ def log_record(prefix, record):
                      + ([records.format_metrics(figures)] if figures else []))
     if record.get("ips") is not None:
         line += f", ips: {record['ips']:.1f} ins/s"
+    undefined = [k for k, v in figures.items() if k.startswith("auc") and isinstance(v, float) and math.isnan(v)]
+    if undefined:
+        line += f"; {', '.join(undefined)} undefined: {'its' if len(undefined) == 1 else 'their'} labels hold one class only"
     log.info(line)
 
 

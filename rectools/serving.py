@@ -14,7 +14,7 @@ from . import checkpoint
 from .data import epoch_batches, reader
 from .distributed import LOCAL
 from .engines import dygraph_mode, dygraph_network, place
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .progress import Progress, expected_samples
 from .model_loader import model_module
 
@@ -147,5 +147,7 @@ def predict(config, package, group=LOCAL):
             np.savetxt(f, table, fmt=["%d"] + ["%.7g"] * len(values), delimiter=",")
             if progress.due(len(table)):
                 progress.line({"samples": progress.samples})
+        if group.main and not progress.samples:  # as evaluation does; the file, never written, does not appear
+            raise UserError(f"no samples in {', '.join(dataset.file_list)}")
     log.info("wrote %d predictions of %s to %s", progress.samples, model_dir, output)
     return output

@@ -331,3 +331,25 @@ def test_an_optimizer_state_written_by_save_arrays_restores_adam(tmp_path):
     fresh.set_state_dict(checkpoint.load_arrays(path, "key"))
     for name, value in adam.state_dict().items():
         assert np.array_equal(np.asarray(fresh.state_dict()[name]), np.asarray(value)), name
+
+
+@pytest.mark.parametrize("made_by", ["mkdir", "open"])
+def test_a_stop_just_after_a_temporary_is_made_leaves_nothing(tmp_path, monkeypatch, made_by):
+    real = getattr(os, made_by)
+
+    def make_then_stop(path, *args):
+        result = real(path, *args)
+        if os.path.basename(str(path)).startswith("."):  # the temporary, not what makedirs checks
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(os, made_by, make_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        if made_by == "mkdir":
+            with checkpoint.atomic_folder(str(tmp_path / "out" / "0")):
+                pass
+        else:
+            with checkpoint.atomic_file(str(tmp_path / "out" / "record.jsonl")) as f:
+                f.write("x")
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "out") == []

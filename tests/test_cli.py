@@ -1,4 +1,5 @@
 import os
+import signal
 import subprocess
 import sys
 
@@ -74,3 +75,53 @@ cli.run_command(main)
     done = subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (cli.INTERRUPTED, "interrupted\n")
     assert "went on to the end" not in done.stdout
+
+
+def _run_main(body, preexec_fn=None):
+    """A command whose main is `body` (Python source of a function main()), run in its own process."""
+    code = "import atexit, os, signal, sys, time\nsys.path.insert(0, sys.argv[1])\nfrom rectools import cli\n" \
+           f"{body}\ncli.run_command(main)\n"
+    return subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True, preexec_fn=preexec_fn)
+
+
+def test_a_stop_signal_inherited_as_ignored_stays_ignored():
+    body = "def main():\n    print(signal.getsignal(signal.SIGINT) == signal.SIG_IGN, signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)"
+    ignored = _run_main(body, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert ignored.stdout.split() == ["True", "False"]  # a background job of a shell script: Ctrl-C is not for it
+    assert _run_main(body).stdout.split() == ["False", "False"]
+
+
+def test_a_stop_that_surfaces_as_another_error_is_reported_as_the_stop():
+    # e.g. one process of a distributed run stopped, and the other's collective then timed out
+    body = """def main():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    except cli.Terminated:
+        raise RuntimeError("the collective timed out")"""
+    done = _run_main(body)
+    assert (done.returncode, done.stderr) == (cli.TERMINATED, "terminated\n")
+
+
+def test_a_stop_once_the_work_is_done_changes_nothing():
+    # from the end of the work on the stop signals are held: at shutdown Python restores their
+    # default actions, which would end the process silently
+    body = """def main():
+    print("done")
+    atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(0.1), print("still here")))"""
+    done = _run_main(body)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\nstill here\n", "")
+
+
+@pytest.mark.parametrize("tool", ["trainer.py", "infer.py", "static_trainer.py", "static_infer.py", "export.py",
+                                  "predict.py"])
+def test_a_config_error_comes_before_paddle_loads(tmp_path, tool):
+    fake = tmp_path / "paddle"  # a Paddle that cannot be imported: the error must come before the import
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('Paddle was imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    config = os.path.join(REPO, "models", "multitask", "escm2", "config.yaml")
+    done = subprocess.run([sys.executable, os.path.join(REPO, "tools", tool), "-m", config, "-o", "runner.epoch=3"],
+                          env=env, capture_output=True, text=True, cwd=str(tmp_path))
+    assert done.returncode == 2
+    assert done.stderr == "error: -o: unknown key runner.epoch; did you mean runner.epochs?\n"

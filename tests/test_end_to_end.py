@@ -1,4 +1,5 @@
 """The command lines as a user runs them: real subprocesses, real files, real training."""
+import logging
 import os
 import re
 import shutil
@@ -221,6 +222,28 @@ def test_predict_refuses_use_gpu_on_a_cpu_build_in_one_line(synthetic, tmp_path)
     assert result.stderr == f"error: {CONFIG}: runner.use_gpu is True but this Paddle build has no CUDA " \
                             f"(use -o runner.use_gpu=False)\n"
     assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_predict_on_a_folder_without_samples_is_an_error_and_writes_nothing(synthetic, tmp_path):
+    args = train_args(synthetic, "runner.epochs=1", "runner.use_inference=True")
+    ok(run_tool("trainer.py", *args, cwd=str(tmp_path)))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "part.txt").write_text("")
+    result = run_tool("predict.py", *args, f"runner.predict_data_dir={tmp_path / 'empty'}", cwd=str(tmp_path))
+    assert result.returncode == 2 and result.stderr == f"error: no samples in {tmp_path / 'empty' / 'part.txt'}\n"
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+
+
+def test_the_epoch_line_names_aucs_left_undefined_by_one_class_labels(caplog):
+    from rectools import loops
+    with caplog.at_level(logging.INFO, logger="rectools"):
+        loops.log_record("epoch", {"epoch": 0, "loss": 0.5, "auc_ctr": 0.61, "auc_cvr": float("nan"),
+                                   "auc_ctcvr": float("nan"), "ips": 10.0})
+        loops.log_record("infer epoch", {"epoch": 1, "loss": 0.5, "auc_ctr": 0.61, "auc_cvr": 0.7})
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.endswith("auc_cvr: nan, auc_ctcvr: nan, ips: 10.0 ins/s; auc_cvr, auc_ctcvr undefined: "
+                          "their labels hold one class only")
+    assert "undefined" not in second
 
 
 # -- what a user sees: quiet output, early progress, VisualDL curves --------------------------

@@ -112,6 +112,7 @@ def test_gzip_files_and_blank_lines(tmp_path, caplog):
     ("1,0,0,101:-4", "feature id of field 101 is not a non-negative integer: '-4'"),
     ("1,0,0,101:1000000", "feature id 1000000 of field 101 is outside [0, hyper_parameters.sparse_feature_number"),
     ("1,0,0,101:1,205", "feature token '205' is not field:feat"),
+    ("1,0,0,101:1,:205", "feature token ':205' has no field name"),
     ("1,0,0,notanmd5,101:1", "column 4 is neither a field:feat token nor a 32-hex-digit md5"),
     ("1,0", "expected sample_id,click,buy,field:feat,... but got 2 column(s)"),
 ])
@@ -156,7 +157,7 @@ def fixture_bytes(name, shared):
         "crlf": b"1,1,0,101:3,205:4\r\n2,0,0,101:4\r\n",
         "blank lines": b"\n1,1,1,101:3\n\n\n2,0,0,101:4\n\n",
         "truncation": b"1,0,0," + b",".join(b"109_14:%d" % i for i in range(1, 40)) + b",101:7,210:1,210:2,210:3,210:4\n",
-        "unknown fields": b"1,0,0,999:4,101:1,999:x y,:5,abc_def:7\n2,0,0,998:3\n",
+        "unknown fields": b"1,0,0,999:4,101:1,999:x y,abc_def:7\n2,0,0,998:3\n",
         "fields split in a line": b"1,0,0,101:1,205:2,101:3,205:4,101:5,101:6,101:7\n",
         "long and padded numbers": b"123456789012345,1,0,101:1234567890123,205:007,210:000000000000001\n",
         "no features, last line unterminated": b"5,0,0\n6,1,0,101:2",

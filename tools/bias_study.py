@@ -17,4 +17,4 @@ def main(suite_path, overrides):
 
 
 if __name__ == "__main__":
-    cli.run(main, __doc__)
+    cli.run(main, __doc__, load=lambda suite_path, overrides: (suite_path, overrides))  # the suite's own reading

@@ -7,9 +7,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's frame)
 
 
-def main(config_path, overrides):
-    from rectools import model_loader, serving
-    serving.export_checkpoint(*model_loader.load(config_path, overrides))
+def main(config, package):
+    from rectools import serving
+    serving.export_checkpoint(config, package)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's frame)
 
 
-def main(config_path, overrides):
-    from rectools import distributed, loops, model_loader
-    config, package = model_loader.load(config_path, overrides)
+def main(config, package):
+    from rectools import distributed, loops
     loops.train(config, package, mode="static", group=distributed.group(config))
 
 

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MD5 = re.compile(r"[0-9a-fA-F]{32}")
 BOM = b"\xef\xbb\xbf"
 INT64_LIMIT = 2 ** 63
-PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or counts change
+PARSER_VERSION = 2  # part of the cache key: bump whenever the parsed arrays or counts change
 BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
 FIRST_BLOCK_BYTES = 64 << 10  # the first block of a file: training starts without waiting for 2 MB
 
@@ -240,7 +240,8 @@ class LineParser:
     DataError naming path and line for: bytes that are not UTF-8, fewer than 3 columns, a
     sample_id, click or buy that is not a non-negative integer, click or buy other than 0/1, buy
     without click, a sample_id beyond signed 64 bits, a 4th column that is neither field:feat nor
-    a 32-hex-digit md5, a feature token without ':', a feature id of a known field that is not a
+    a 32-hex-digit md5, a feature token without ':' or without a field name before it, a feature id
+    of a known field that is not a
     non-negative integer or not below sparse_feature_number. Tokens of other fields are counted,
     not checked.
     """
@@ -291,6 +292,8 @@ class LineParser:
             field, sep, feat = token.partition(":")
             if not sep:
                 raise DataError(path, line_no, f"feature token {token[:40]!r} is not field:feat")
+            if not field:
+                raise DataError(path, line_no, f"feature token {token[:40]!r} has no field name")
             slot = self.slot.get(field)
             if slot is None:
                 counts["unknown"][field] = counts["unknown"].get(field, 0) + 1
@@ -503,7 +506,7 @@ class BlockParser:
                 raise Irregular
         colon = sep[field]  # field k is text[sep[field - 1] + 1:colon], its id text[colon + 1:sep[field + 1]]
         name_len = colon - sep[field - 1] - 1
-        if len(field) and name_len.max() > 8:
+        if len(field) and (name_len.max() > 8 or name_len.min() < 1):
             raise Irregular
         key = words[colon]
         key &= _TOP[name_len]
