@@ -30,9 +30,11 @@ process alone. The rules, for N processes of ranks 0 .. N-1:
   error line and exits non-zero; paddle.distributed.launch then stops the other ranks (they may
   wait in a collective until it does) and exits non-zero itself.
 """
+import contextlib
 import hashlib
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -43,6 +45,25 @@ from .errors import ConfigError, UserError
 log = logging.getLogger("rectools")
 
 LAUNCHED = "PADDLE_TRAINERS_NUM"  # set by paddle.distributed.launch: the number of processes of the job
+
+
+_GAVE_UP = re.compile(r"gloo|nccl|timeout|timed out|connection|socket|closed", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def collective():
+    """Around a collective (the gradient exchange of a step included): the RuntimeError Paddle
+    raises when the others never come (gloo's TIMEOUT, a closed connection: another process of the
+    job stopped or failed first, the launcher stopping the processes one by one) becomes a
+    UserError, one line, instead of a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not _GAVE_UP.search(str(e)):
+            raise
+        detail = next(line.strip() for line in str(e).splitlines() if line.strip())
+        raise UserError(f"another process of this job stopped or failed, so a collective with it gave up "
+                        f"({detail[:200]})") from None
 
 
 class Group:
@@ -72,7 +93,7 @@ class Group:
             return [value]
         import paddle.distributed as dist
         values = []
-        with dygraph_mode():  # Paddle's object collectives run in dygraph only (static infer calls them too)
+        with dygraph_mode(), collective():  # Paddle's object collectives run in dygraph only (static infer calls them too)
             dist.all_gather_object(values, value)
         return values
 
@@ -89,7 +110,7 @@ class Group:
             return array
         import paddle
         import paddle.distributed as dist
-        with dygraph_mode():
+        with dygraph_mode(), collective():
             total = paddle.to_tensor(array)
             dist.all_reduce(total)
             return total.numpy()
@@ -98,7 +119,7 @@ class Group:
         """Wait until every rank has reached this call."""
         if self.size > 1:
             import paddle.distributed as dist
-            with dygraph_mode():
+            with dygraph_mode(), collective():
                 dist.barrier()
 
     # -- what the loops use ------------------------------------------------------------------------

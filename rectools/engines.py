@@ -90,7 +90,12 @@ class DygraphEngine:
         """One update from `batch`; its loss is multiplied by `weight` before backward (the last
         round of several processes, rectools.distributed). Returns the unweighted loss terms."""
         terms = self.contract.train_forward(self.trained, metrics, batch, self.config)
-        (terms["loss"] if weight == 1.0 else terms["loss"] * weight).backward()
+        exchange = contextlib.nullcontext()
+        if self.trained is not self.model:  # DataParallel: backward exchanges the gradients
+            from .distributed import collective  # (distributed imports this module)
+            exchange = collective()
+        with exchange:
+            (terms["loss"] if weight == 1.0 else terms["loss"] * weight).backward()
         self.optimizer.step()
         self.optimizer.clear_grad()
         return {k: float(v) for k, v in terms.items()}

@@ -179,8 +179,8 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
             saved = checkpoint.save(save_root, epoch,
                                     lambda folder: checkpoint.write_checkpoint(engine, folder, export),
                                     mode=engine.mode, run=run, record=records.clean(record))
-            log.info("saved checkpoint %s", saved)
             records.put(metrics_file, record)
+            log.info("saved checkpoint %s", saved)  # once its line is in the records too
         done.append(record)
     left = [e for e in earlier if e >= config["runner.epochs"]]
     if left:

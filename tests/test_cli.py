@@ -125,3 +125,19 @@ def test_a_config_error_comes_before_paddle_loads(tmp_path, tool):
                           env=env, capture_output=True, text=True, cwd=str(tmp_path))
     assert done.returncode == 2
     assert done.stderr == "error: -o: unknown key runner.epoch; did you mean runner.epochs?\n"
+
+
+def test_a_collective_that_gives_up_is_one_line():
+    from rectools.distributed import collective
+    from rectools.errors import UserError
+    with pytest.raises(UserError, match=r"^another process of this job stopped or failed, so a collective with it "
+                                        r"gave up \(\[pair\.cc:584\] TIMEOUT self_rank = 1 pair_rank = 0\)$"):
+        with collective():
+            raise RuntimeError("\n[pair.cc:584] TIMEOUT self_rank = 1 pair_rank = 0\nmore detail")
+
+
+def test_another_runtime_error_in_a_collective_stays_itself():
+    from rectools.distributed import collective
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with collective():
+            raise RuntimeError("shape mismatch in matmul")
