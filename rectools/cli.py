@@ -52,6 +52,7 @@ class Terminated(BaseException):
     so that what is being written is removed and the output folder's lock is released."""
 
 
+_STOP_LINES = {KeyboardInterrupt: ("interrupted", INTERRUPTED), Terminated: ("terminated", TERMINATED)}
 _main_pid = None  # the process that installed the stop handlers
 _stop_signal = None  # the exception class of the stop signal that arrived (KeyboardInterrupt or Terminated)
 
@@ -121,19 +122,18 @@ def _stop(line, status):
 
 def one_line_errors(call, *args):
     """call(*args); a UserError becomes one line on stderr and its exit status (2), Ctrl-C the line
-    "interrupted" and status 130, SIGTERM (with handle_stop_signals) the line "terminated" and status
-    143 (also when the stop surfaces as another error), a closed stdout status 1. Outputs are atomic (rectools.checkpoint, rectools.records), so a
-    stopped run leaves the checkpoints and records of the epochs it finished, and nothing
-    half-written; sys.exit runs the exit handlers, which release the output folder's lock."""
+    "interrupted" and status 130, SIGTERM (with handle_stop_signals) the line "terminated" and
+    status 143 (also when the stop surfaces as another error), a closed stdout status 1. Outputs
+    are atomic (rectools.checkpoint, rectools.records), so a stopped run leaves the checkpoints and
+    records of the epochs it finished, and nothing half-written; sys.exit runs the exit handlers,
+    which release the output folder's lock."""
     try:
         return call(*args)
-    except KeyboardInterrupt:
-        _stop("interrupted", INTERRUPTED)
-    except Terminated:
-        _stop("terminated", TERMINATED)
+    except (KeyboardInterrupt, Terminated) as e:
+        _stop(*_STOP_LINES[type(e)])
     except Exception as e:
         if _stop_signal is not None:  # what a stop led to: another process's collective timing out, say
-            _stop(*{KeyboardInterrupt: ("interrupted", INTERRUPTED), Terminated: ("terminated", TERMINATED)}[_stop_signal])
+            _stop(*_STOP_LINES[_stop_signal])
         if isinstance(e, UserError):
             _stop(f"error: {e}", e.exit_code)
         if isinstance(e, BrokenPipeError):  # the reader of stdout went away (| head): nothing left to say
@@ -155,8 +155,9 @@ class _StdoutHandler(logging.StreamHandler):
 
 def run_command(call, *args):
     """A command's frame: Paddle's C++ log lines off (GLOG_LEVEL, unless GLOG_minloglevel is set),
-    every log line and Python warning on stdout in one format, Ctrl-C and SIGTERM handled, then call(*args)
-    with one_line_errors. Stderr is left to the one line of an error."""
+    every log line and Python warning on stdout in one format, Ctrl-C and SIGTERM handled, then
+    call(*args) with one_line_errors; once it returns, the stop signals are held (see below).
+    Stderr is left to the one line of an error."""
     os.environ.setdefault("GLOG_minloglevel", GLOG_LEVEL)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s",
                         handlers=[_StdoutHandler(sys.stdout)], force=True)  # whatever configured logging before, these lines win

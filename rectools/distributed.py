@@ -93,7 +93,8 @@ class Group:
             return [value]
         import paddle.distributed as dist
         values = []
-        with dygraph_mode(), collective():  # Paddle's object collectives run in dygraph only (static infer calls them too)
+        # Paddle's object collectives run in dygraph only (static infer calls them too)
+        with dygraph_mode(), collective():
             dist.all_gather_object(values, value)
         return values
 
