@@ -24,6 +24,7 @@ import shutil
 import numpy as np
 
 from .checkpoint import atomic_folder
+from .config import resolve_path
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def cache_dir(config):
         return os.path.abspath(os.path.expanduser(os.path.join(base, "escm2-paddle")))
     if value.strip().lower() in OFF:
         return None
-    base = os.path.dirname(getattr(config, "path", None) or os.path.join(os.getcwd(), "x"))
-    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+    path = getattr(config, "path", None)
+    return resolve_path(value, os.path.dirname(path) if path else os.getcwd())
 
 
 def _identity(path):
@@ -111,24 +112,6 @@ class ArrayCache:
             yield from self._read(source, manifest, rows)
             return manifest["summary"]
         return (yield from self._build(source, build))
-
-    def load(self, source, build):
-        """(dict name -> read-only np.memmap [rows, ...], summary), building the entry first when
-        needed. Without a usable cache folder the arrays are parsed into memory."""
-        manifest = self.manifest(source)
-        if manifest is None:
-            parts = []
-            summary = yield_all(self._build(source, build), parts)
-            manifest = self.manifest(source)
-            if manifest is None:
-                names = parts[0].keys() if parts else ()
-                return {k: np.concatenate([p[k] for p in parts]) for k in names}, summary
-        else:
-            self._say(source, "%s: read from cache %s", source, self.entry(source))
-        entry = self.entry(source)
-        return {name: np.memmap(os.path.join(entry, name + ".bin"), dtype=spec["dtype"], mode="r",
-                                shape=(manifest["rows"], *spec["shape"]))
-                for name, spec in manifest["arrays"].items()}, manifest["summary"]
 
     def _read(self, source, manifest, rows):
         """The entry's arrays, `rows` rows at a time, by plain reads: memory (RSS) stays at one
@@ -208,15 +191,6 @@ class ArrayCache:
                 continue
             if not os.path.exists(source):
                 shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
-
-
-def yield_all(generator, into):
-    """Run a generator to its end, appending what it yields to `into`; returns its return value."""
-    while True:
-        try:
-            into.append(next(generator))
-        except StopIteration as stop:
-            return stop.value
 
 
 class _EntryWriter:

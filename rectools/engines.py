@@ -161,11 +161,14 @@ class StaticEngine:
     def eval_step(self, batch, metrics):
         return self.train_step(batch, metrics)  # an inference program has no update ops
 
+    def _tensor(self, name):
+        return self.scope.find_var(name).get_tensor()
+
     def _get(self, name):
-        return np.array(self.scope.find_var(name).get_tensor())
+        return np.array(self._tensor(name))
 
     def _set(self, name, value):
-        self.scope.find_var(name).get_tensor().set(np.asarray(value), self.place)
+        self._tensor(name).set(np.asarray(value), self.place)
 
     def parameters(self):
         return {key: self._get(name) for key, name in self.names.items()}
@@ -179,8 +182,7 @@ class StaticEngine:
         """Every persistable value of the program that is not a parameter: moments, beta powers, rates
         (the scope's tensors, not copies)."""
         params = set(self.names.values())
-        return {name: self.scope.find_var(name).get_tensor() for name in self.program.state_dict()
-                if name not in params}
+        return {name: self._tensor(name) for name in self.program.state_dict() if name not in params}
 
     def set_optimizer_state(self, state):
         for name, value in state.items():

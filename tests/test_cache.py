@@ -165,24 +165,3 @@ def test_entries_of_files_that_are_gone_are_pruned(tmp_path):
     read_all(dataset([write_lines(str(tmp_path / "data" / "new.txt"), lines(5))], tmp_path / "cache"))
     names = sorted(name.split(".")[0] for name in os.listdir(tmp_path / "cache"))
     assert names == ["kept", "new"]
-
-
-def test_load_gives_memory_maps_of_any_readers_arrays(tmp_path):
-    source = tmp_path / "columns.csv"
-    source.write_text("1,2\n3,4\n5,6\n")
-
-    def build(path):  # a reader of another format: whole-file parse in two chunks, with a summary
-        values = np.loadtxt(path, delimiter=",", dtype=np.int64)
-        yield {"x": values[:2], "pair": values[:2].reshape(2, 1, 2)}
-        yield {"x": values[2:], "pair": values[2:].reshape(1, 1, 2)}
-        return {"rows": len(values)}
-
-    store = cache.ArrayCache(str(tmp_path / "cache"), {"format": "test columns", "version": 1})
-    arrays, summary = store.load(str(source), build)
-    assert summary == {"rows": 3} and isinstance(arrays["x"], np.memmap)
-    assert arrays["x"].tolist() == [[1, 2], [3, 4], [5, 6]] and arrays["pair"].shape == (3, 1, 2)
-    again, _ = store.load(str(source), lambda path: no_text(path))
-    assert np.array_equal(again["pair"], arrays["pair"])
-    off = cache.ArrayCache(None, {"format": "test columns", "version": 1})
-    in_memory, summary = off.load(str(source), build)
-    assert np.array_equal(in_memory["x"], arrays["x"]) and summary == {"rows": 3}
