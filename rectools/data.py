@@ -10,6 +10,7 @@ import concurrent.futures
 import ctypes
 import ctypes.util
 import gc
+import gzip
 import multiprocessing
 import os
 import queue
@@ -37,6 +38,11 @@ def data_files(folder, key):
     if not files:
         raise ConfigError(f"{key}: no data files in {folder}")
     return files
+
+
+def open_data(path):
+    """A data file's bytes (a binary file object), read through gzip when its name ends in .gz."""
+    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 def reader(config, package, data_key, reader_key):

@@ -78,7 +78,7 @@ def write(path, found):
 def put(path, record):
     """`record` replaces the line(s) of its epoch in `path` (or is added); lines stay in epoch order."""
     kept = [r for r in read(path) if r["epoch"] != record["epoch"]]
-    write(path, sorted(kept + [clean(record)], key=lambda r: r["epoch"]))
+    write(path, sorted(kept + [record], key=lambda r: r["epoch"]))  # write() cleans every record
 
 
 def saved_manifests(root):

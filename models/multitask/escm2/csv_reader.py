@@ -25,24 +25,19 @@ without a click, an id that is not a non-negative integer) stops with file and l
 `parse_file` turns one file into arrays; it is the unit an on-disk cache can keep.
 Files ending in .gz are read through gzip.
 """
-import gzip
 import io
 import logging
 
 import numpy as np
 
 from rectools.contract import Reader
-from rectools.data import data_files
+from rectools.data import data_files, open_data
 from rectools.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 LABELS = ("click", "purchase")
 BLOCK_BYTES = 1 << 20  # parse granularity: ~10k rows; larger blocks fall out of the CPU caches
 MAX_ID = 2 ** 31 - 1   # ids are kept as int32 between parsing and batching
-
-
-def _open(path):
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
 def read_header(stream, path):
@@ -72,7 +67,7 @@ def header_columns(names, fields, path):
 def parse_file(path, fields):
     """One CSV file -> {"ids": int32 [n, len(fields)] (the file's per-field ids), "click": int8 [n],
     "buy": int8 [n]}; blank lines are skipped. Raises DataError with file and line."""
-    with _open(path) as stream:
+    with open_data(path) as stream:
         names = read_header(stream, path)
         columns = header_columns(names, fields, path)
         parts, line_no, carry = [], 1, b""  # line_no: lines read so far
@@ -189,7 +184,7 @@ class RecDataset(Reader):
         if path in self.reported:
             return
         self.reported.add(path)
-        with _open(path) as stream:
+        with open_data(path) as stream:
             names = read_header(stream, path)
         ignored = [name for name in names if name not in (*LABELS, *self.fields)]
         if ignored:

@@ -21,7 +21,6 @@ Two parsers give the same arrays and counts:
 The parsed arrays of each file are cached on disk (rectools.cache, keyed by the file's identity and
 this parsing schema); later epochs and runs read the cache instead of the text.
 """
-import gzip
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ import numpy as np
 
 from rectools import cache
 from rectools.contract import Reader
-from rectools.data import process_map
+from rectools.data import open_data, process_map
 from rectools.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ def read_blocks(path, block_bytes, max_lines):
     naming the last line read whole.
     """
     line_no, carry, first = 1, b"", True
-    with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+    with open_data(path) as f:
         while True:
             try:
                 data = f.read(block_bytes)
