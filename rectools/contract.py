@@ -24,7 +24,7 @@ what they implement (an unimplemented method then fails at construction, naming 
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
@@ -39,8 +39,9 @@ class Predictions(ABC):
         """Append named arrays of one batch; each is flattened to 1-D [B]."""
 
     @abstractmethod
-    def arrays(self, last_batches: Optional[int] = None) -> Arrays:
-        """Every array so far concatenated (1-D, one value per sample), or the last `last_batches` batches'."""
+    def arrays(self, last_rows: Optional[int] = None) -> Mapping:
+        """Every row so far, or the last `last_rows`: a read-only mapping of name -> 1-D array (one
+        value per sample; rectools.metrics.Columns, which also passes over them in bounded memory)."""
 
 
 class Reader(ABC):
@@ -85,9 +86,10 @@ class DygraphModel(ABC):
         """As train_forward, for evaluation (the caller disables gradients and sets eval mode)."""
 
     @abstractmethod
-    def summarize_metrics(self, predictions: Arrays) -> Dict[str, float]:
+    def summarize_metrics(self, predictions: Mapping) -> Dict[str, float]:
         """Epoch metrics (AUCs, log-losses, counts) from an epoch's predictions, as Predictions.arrays()
-        returns them (sample_id included); the loop may hand in the union of several processes'."""
+        returns them (sample_id included; a rectools.metrics.Columns, whose chunks() keep memory
+        bounded however long the epoch), or a dict of arrays, the union of several processes'."""
 
 
 @dataclass
@@ -133,7 +135,7 @@ class StaticModel(ABC):
         `metrics`; returns the loss terms as floats, the total under "loss"."""
 
     @abstractmethod
-    def summarize_metrics(self, predictions: Arrays) -> Dict[str, float]:
+    def summarize_metrics(self, predictions: Mapping) -> Dict[str, float]:
         """As DygraphModel.summarize_metrics."""
 
 

@@ -55,7 +55,7 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
             sums[name] = sums.get(name, 0.0) + value * size
         if progress.due(size):
             batches, samples = progress.span
-            window = aucs(engine.summarize_metrics(metrics.arrays(last_batches=batches)))
+            window = aucs(engine.summarize_metrics(metrics.arrays(last_rows=samples)))
             if curves is not None:
                 curves.add("batch", {**{k: (v - at_mark.get(k, 0.0)) / samples for k, v in sums.items()}, **window},
                            curves.batches + progress.batches)

@@ -3,7 +3,11 @@ import itertools
 import numpy as np
 import pytest
 
-from rectools.metrics import auc, calibration, ctr_cvr_report, logloss
+import gc
+import os
+
+from rectools import metrics
+from rectools.metrics import Accumulator, Columns, auc, calibration, ctr_cvr_report, logloss
 
 
 def pairwise_auc(labels, scores):
@@ -36,7 +40,7 @@ def test_cvr_is_evaluated_over_clicked_impressions_only():
     buy = np.array([1, 0, 1, 0, 0, 0])
     pctr = np.full(6, 0.5)
     pcvr = np.array([0.9, 0.1, 0.8, 0.2, 0.99, 0.95])  # unclicked scores would ruin an all-impression AUC
-    report = ctr_cvr_report(pctr, pcvr, click, buy)
+    report = ctr_cvr_report({"pctr": pctr, "pcvr": pcvr, "click": click, "buy": buy})
     assert report["auc_cvr"] == 1.0
     assert report["auc_ctcvr"] == pytest.approx(pairwise_auc(buy, pctr * pcvr))
     assert report["clicks"] == 4 and report["conversions"] == 2 and report["samples"] == 6
@@ -55,8 +59,8 @@ def test_labels_of_any_integer_dtype_and_float32_scores_give_the_same_report():
     pctr, pcvr = rng.random(500).astype(np.float32), rng.random(500).astype(np.float32)
     click = (rng.random(500) < 0.4).astype(np.int64)
     buy = click * (rng.random(500) < 0.5)
-    wide = ctr_cvr_report(pctr.astype(np.float64), pcvr.astype(np.float64), click, buy)
-    narrow = ctr_cvr_report(pctr, pcvr, click.astype(np.int8), buy.astype(np.int8))
+    wide = ctr_cvr_report({"pctr": pctr.astype(np.float64), "pcvr": pcvr.astype(np.float64), "click": click, "buy": buy})
+    narrow = ctr_cvr_report({"pctr": pctr, "pcvr": pcvr, "click": click.astype(np.int8), "buy": buy.astype(np.int8)})
     assert wide.keys() == narrow.keys()
     for key in wide:
         assert narrow[key] == pytest.approx(wide[key], rel=1e-6), key
@@ -67,3 +71,94 @@ def test_auc_without_ties_equals_the_pairwise_definition(seed):
     rng = np.random.default_rng(seed)
     labels, scores = rng.integers(0, 2, 150), rng.permutation(150).astype(np.float32)
     assert auc(labels, scores) == pytest.approx(pairwise_auc(labels, scores), abs=1e-12)
+
+
+def rank_auc(labels, scores):
+    """AUC by average ranks (ties share theirs), in float64: an independent definition for large n."""
+    labels, scores = np.asarray(labels).astype(bool), np.asarray(scores, dtype=np.float64) + 0.0
+    order = np.argsort(scores, kind="stable")
+    ordered = scores[order]
+    first = np.searchsorted(ordered, ordered, side="left")
+    last = np.searchsorted(ordered, ordered, side="right")
+    ranks = np.empty(len(scores))
+    ranks[order] = (first + last + 1) / 2.0
+    n_pos = labels.sum()
+    return (ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(labels) - n_pos))
+
+
+@pytest.fixture
+def small_memory(monkeypatch):
+    """Budgets small enough that a few thousand items take the distribution sort, several levels deep."""
+    monkeypatch.setattr(metrics, "SORT_ROWS", 40)
+    monkeypatch.setattr(metrics, "CHUNK_ROWS", 37)
+    monkeypatch.setattr(metrics, "SPILL_BYTES", 1000)
+
+
+@pytest.mark.parametrize("kind", ["float32", "coarse", "one value", "tiny float64", "signed zeros", "integers"])
+def test_auc_beyond_the_memory_budget_is_the_same_exact_figure(small_memory, kind):
+    rng = np.random.default_rng(len(kind))
+    n = 3000
+    labels = rng.integers(0, 2, n)
+    scores = {"float32": (rng.random(n) + 0.2 * labels).astype(np.float32),
+              "coarse": np.round(rng.random(n) + 0.3 * labels, 2),  # many ties within and across buckets
+              "one value": np.full(n, 0.25, dtype=np.float32),  # one bucket at every level: all ties
+              "tiny float64": rng.random(n) * rng.random(n) * 1e-6 * (1 + labels),
+              "signed zeros": rng.choice([-0.0, 0.0, -1.5, 2.0, 1e-30, -1e-30], n),
+              "integers": rng.integers(-5, 5, n) + labels}[kind]
+    assert auc(labels, scores) == pytest.approx(rank_auc(labels, scores), abs=1e-12)
+    assert auc(labels[:50], scores[:50]) == pytest.approx(pairwise_auc(labels[:50], scores[:50]), abs=1e-12)
+
+
+def test_logloss_takes_soft_labels():
+    p = np.array([0.2, 0.7])
+    y = np.array([0.1, 0.6])
+    expected = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    assert logloss(y, p) == pytest.approx(expected, rel=1e-12)
+
+
+def epoch_of(accumulator, rng, batches=60, size=53):
+    collected = {"pctr": [], "pcvr": [], "click": [], "buy": [], "sample_id": []}
+    for b in range(batches):
+        click = (rng.random(size) < 0.3).astype(np.int8)
+        arrays = {"pctr": rng.random(size).astype(np.float32), "pcvr": rng.random(size).astype(np.float32),
+                  "click": click, "buy": (click * (rng.random(size) < 0.4)).astype(np.int8),
+                  "sample_id": np.arange(b * size, (b + 1) * size)}
+        accumulator.add(**{k: v for k, v in arrays.items() if k != "sample_id"})
+        accumulator.add(sample_id=arrays["sample_id"])
+        for k, v in arrays.items():
+            collected[k].append(v)
+    return {k: np.concatenate(v) for k, v in collected.items()}
+
+
+def test_an_epoch_spilled_to_disk_reads_back_whole_and_its_files_go_with_it(small_memory):
+    accumulator = Accumulator()
+    expected = epoch_of(accumulator, np.random.default_rng(5))
+    folder = accumulator._folder
+    assert folder and sorted(os.listdir(folder)) == sorted(expected)  # it did spill, one file a column
+    columns = accumulator.arrays()
+    assert columns.rows == len(expected["sample_id"]) and sorted(columns) == sorted(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(columns[name], values)
+        assert columns[name].dtype == values.dtype
+    window = accumulator.arrays(last_rows=100)  # a progress line's last batches, across the file's end
+    np.testing.assert_array_equal(window["sample_id"], expected["sample_id"][-100:])
+    chunked = [c for c, in columns.chunks("pcvr", rows=41)]
+    assert {len(c) for c in chunked[:-1]} == {41}
+    np.testing.assert_array_equal(np.concatenate(chunked), expected["pcvr"])
+    report = ctr_cvr_report(columns)
+    assert report == pytest.approx(ctr_cvr_report(Columns.of(expected)), rel=1e-12, nan_ok=True)
+    assert report["auc_cvr"] == pytest.approx(rank_auc(expected["buy"][expected["click"] == 1],
+                                                       expected["pcvr"][expected["click"] == 1]), abs=1e-12)
+    del accumulator
+    gc.collect()
+    assert os.path.isdir(folder)  # the Columns handed out still read it
+    del columns, window
+    gc.collect()
+    assert not os.path.exists(folder)
+
+
+def test_a_column_changing_dtype_is_refused():
+    accumulator = Accumulator()
+    accumulator.add(p=np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match="'p'"):
+        accumulator.add(p=np.zeros(3, dtype=np.float64))

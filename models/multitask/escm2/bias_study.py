@@ -150,7 +150,7 @@ def truth_metrics(pctr, pcvr, click, buy, truth):
     pctr_corr: Pearson correlation of pCTR with the true CTR; pctr_calibration: mean pCTR / mean
     true CTR (1 = calibrated on average); selection_strength: the clicked impressions' mean true
     CVR / the mean true CVR of all."""
-    usual = ctr_cvr_report(pctr, pcvr, click, buy)
+    usual = ctr_cvr_report({"pctr": pctr, "pcvr": pcvr, "click": click, "buy": buy})
     true_cvr, true_ctr = truth["true_cvr"], truth["true_ctr"]
     ieb = float(pcvr.mean() - true_cvr.mean())
     clicked = click.astype(bool)

@@ -48,7 +48,7 @@ def collect(metrics, batch, pctr, pcvr):
 
 def summarize_metrics(predictions):
     """The ESMM/ESCM2 evaluation protocol (rectools.metrics.ctr_cvr_report) of an epoch's predictions."""
-    return ctr_cvr_report(**{k: predictions[k] for k in PREDICTIONS + LABELS})
+    return ctr_cvr_report(predictions)
 
 
 def create_optimizer(parameters, config):
