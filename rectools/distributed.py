@@ -21,9 +21,9 @@ process alone. The rules, for N processes of ranks 0 .. N-1:
   real batches' gradients, and the stand-in adds no embedding row of its own (its rows are among
   rank 0's), so a lazy optimizer updates exactly the rows the real batches touch. Nothing is
   dropped or repeated: the stand-in's predictions and loss are not counted.
-* Metrics: each rank's epoch predictions are all-gathered and put back into the single-process
-  batch order before the model's summarize_metrics, so the epoch's metrics (exact AUCs included)
-  are those of one process reading the same data; loss terms are per-sample means over every
+* Metrics: each rank's epoch predictions are all-gathered, a round of batches at a time, and put
+  back into the single-process batch order before the model's summarize_metrics, so the epoch's
+  metrics (exact AUCs included) are those of one process reading the same data; loss terms are per-sample means over every
   rank's samples (sums and counts all-reduced).
 * Rank 0 alone claims runner.model_save_path, writes checkpoints, records and prediction files,
   and logs at INFO; the others log warnings and errors only. A rank that fails prints its one
@@ -38,6 +38,7 @@ import re
 
 import numpy as np
 
+from . import metrics
 from .data import Shard
 from .engines import dygraph_mode
 from .errors import ConfigError, UserError
@@ -127,17 +128,26 @@ class Group:
 
     def gather(self, batch_size):
         """A rectools.contract.Gather for epochs cut into batches of `batch_size`: this rank's
-        predictions ({name: 1-D array [n_rank]}, its batches in order; {} when it had none) ->
-        every rank's, in the single-process batch order ({name: [sum of n_rank]}). One all-gather
-        per name. None with one process (nothing to do)."""
+        predictions (a rectools.metrics.Columns or {name: 1-D array [n_rank]}, its batches in
+        order) -> every rank's, in the single-process batch order, as a Columns of n = sum of
+        n_rank rows. Gathered in rounds of whole batches (~CHUNK_ROWS rows a rank, one all-gather
+        each) into a spilling Accumulator, so that memory stays bounded however long the epoch.
+        None with one process (nothing to do)."""
         if self.size == 1:
             return None
 
         def gather(predictions):
-            names = sorted(set().union(*self.all_gather(sorted(predictions))))
-            if not names:  # no rank had a sample
-                return {}
-            return interleave([self.all_gather(predictions.get(name)) for name in names], names, batch_size)
+            columns = predictions if isinstance(predictions, metrics.Columns) else metrics.Columns.of(predictions)
+            names = sorted(set().union(*self.all_gather(sorted(columns))))
+            rows = max(self.all_gather(columns.rows))
+            per_round = max(1, metrics.CHUNK_ROWS // batch_size) * batch_size
+            mine = columns.chunks(*names, rows=per_round)
+            merged = metrics.Accumulator()
+            for _ in range(0, rows, per_round):  # batches r, r+N, ... of a round are a whole span of the epoch
+                part = next(mine, None)
+                parts = self.all_gather(None if part is None else dict(zip(names, part)))
+                merged.add(**interleave([[p and p[name] for p in parts] for name in names], names, batch_size))
+            return merged.arrays()
         return gather
 
     def lockstep(self, batches):

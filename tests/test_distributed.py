@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -229,3 +230,47 @@ def test_gathered_shards_come_back_in_the_single_process_order(synthetic):
         assert np.array_equal(distributed.interleave([parts], ["sample_id"], TRAIN_BATCH)["sample_id"], whole)
     with pytest.raises(UserError, match="do not fit the shard rule"):  # ranks that read different data
         distributed.interleave([[whole[:3000], whole[:2000]]], ["sample_id"], TRAIN_BATCH)
+
+
+class ThreadedRanks(distributed.Group):
+    """Ranks of one job as threads of this process: all_gather exchanges values through shared slots."""
+
+    def __init__(self, rank, size, slots, barrier):
+        super().__init__(rank, size)
+        self.slots, self.barrier = slots, barrier
+
+    def all_gather(self, value):
+        self.slots[self.rank] = value
+        self.barrier.wait()
+        values = list(self.slots)
+        self.barrier.wait()  # nobody writes the next round's value before everyone has read this one
+        return values
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_an_epoch_gathered_in_rounds_is_whole_and_in_order(monkeypatch, ranks):
+    """Rounds of whole batches (many here: small chunks), from spilled predictions, into one order."""
+    from rectools import metrics
+    monkeypatch.setattr(metrics, "CHUNK_ROWS", 150)
+    monkeypatch.setattr(metrics, "SPILL_BYTES", 2000)
+    batch, n = 64, 5000  # 79 batches, the last one short
+    rng = np.random.default_rng(ranks)
+    scores = rng.random(n).astype(np.float32)
+    mine = [metrics.Accumulator() for _ in range(ranks)]
+    for b, lo in enumerate(range(0, n, batch)):
+        mine[b % ranks].add(sample_id=np.arange(lo, min(lo + batch, n)), p=scores[lo:lo + batch])
+    slots, barrier = [None] * ranks, threading.Barrier(ranks)
+    gathered = [None] * ranks
+
+    def run(rank):
+        gathered[rank] = ThreadedRanks(rank, ranks, slots, barrier).gather(batch)(mine[rank].arrays())
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for columns in gathered:
+        assert isinstance(columns, metrics.Columns) and columns.rows == n
+        np.testing.assert_array_equal(columns["sample_id"], np.arange(n))
+        np.testing.assert_array_equal(columns["p"], scores)
