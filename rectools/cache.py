@@ -24,30 +24,23 @@ import shutil
 import numpy as np
 
 from .checkpoint import atomic_folder
-from .config import resolve_path
 from .errors import DataError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CACHE_VERSION = 1
-OFF = ("", "none")
 
 
 def cache_dir(config):
-    """The cache folder runner.cache_dir names, or None when caching is off.
-
-    Unset: $XDG_CACHE_HOME/escm2-paddle, else ~/.cache/escm2-paddle. '' or 'none': no
-    caching. A relative path is taken from the config file's folder, like the file's other paths.
-    """
+    """The cache folder runner.cache_dir names (absolute), or None when caching is off ('' or 'none').
+    Unset: $XDG_CACHE_HOME/escm2-paddle, else ~/.cache/escm2-paddle. A relative path was resolved
+    by rectools.config like any path key's."""
     value = config.get("runner.cache_dir")
     if value is None:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
         return os.path.abspath(os.path.expanduser(os.path.join(base, "escm2-paddle")))
-    if value.strip().lower() in OFF:
-        return None
-    path = getattr(config, "path", None)
-    return resolve_path(value, os.path.dirname(path) if path else os.getcwd())
+    return value or None
 
 
 def _identity(path):

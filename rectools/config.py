@@ -73,6 +73,7 @@ _CONVERT = {
     "bool": lambda v: v if isinstance(v, bool) else None,
     "str": lambda v: _text(v, allow_numbers=False),
     "path": lambda v: v if isinstance(v, str) and v != "" else None,
+    "optional_path": lambda v: v if isinstance(v, str) else None,  # "" or none: no path, not the default
     "int_list": lambda v: _number(v, whole=True),
     "str_list": lambda v: _text(v, allow_numbers=True),  # field ids such as 101 are written unquoted
     "float_list": lambda v: _number(v, whole=False),
@@ -80,7 +81,7 @@ _CONVERT = {
 
 _TYPE_NAMES = {
     "int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-    "path": "a path", "int_list": "a list of integers", "str_list": "a list of strings",
+    "path": "a path", "optional_path": "a path or none", "int_list": "a list of integers", "str_list": "a list of strings",
     "float_list": "a list of numbers",
 }
 
@@ -266,6 +267,9 @@ class Sources:
         return values
 
 
+NO_PATH = ("", "none")  # the values by which an optional_path key chooses no path at all (not its default)
+
+
 def resolve_path(value, base):
     """A path from a config, absolute: `~` expanded, relative ones joined to `base`."""
     return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
@@ -310,7 +314,9 @@ def load_config(path, overrides, keys):
             raise ConfigError(f"{sources.path}: {name} is required ({key.doc})")
         else:
             value, relative_to = key.default, base
-        if key.type == "path" and value is not None:
+        if key.type == "optional_path" and value is not None and value.strip().lower() in NO_PATH:
+            value = ""
+        elif key.type in ("path", "optional_path") and value is not None:
             value = resolve_path(value, relative_to)
         checked[name] = value
     return Config(checked, sources.path, schema)

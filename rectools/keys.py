@@ -9,9 +9,9 @@ RUNNER_KEYS = [
         "reader module in the model folder (defines RecDataset); a model folder may give it a default"),
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
     Key("runner.infer_reader_path", "str", None, "reader module used by infer, export checks and predict"),
-    Key("runner.cache_dir", "str", None,
+    Key("runner.cache_dir", "optional_path", None,
         "where parsed data files are cached (per file, checked against the file's size and mtime); default: "
-        "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none: no cache; relative to the config file"),
+        "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none: no cache"),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
     Key("runner.use_fleet", "bool", False,
         "run as the N processes python -m paddle.distributed.launch starts: each takes every N-th batch; "

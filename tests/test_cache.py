@@ -152,7 +152,12 @@ def test_where_the_cache_folder_is(tmp_path, monkeypatch):
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert cache.cache_dir(config) == os.path.expanduser("~/.cache/escm2-paddle")
     relative = model_config(["runner.cache_dir=parsed"])
-    assert cache.cache_dir(relative) == os.path.join(MODEL_DIR, "parsed")  # like the config file's other paths
+    assert cache.cache_dir(relative) == os.path.join(os.getcwd(), "parsed")  # given with -o: like every -o path
+    written = tmp_path / "config.yaml"  # the model's config elsewhere, naming the cache folder itself
+    with open(os.path.join(MODEL_DIR, "config.yaml")) as f:
+        written.write_text(f.read().replace("runner:", "runner:\n  cache_dir: parsed", 1))
+    in_file = model_loader.load(str(written), [f"runner.model_dir={MODEL_DIR}"])[0]
+    assert cache.cache_dir(in_file) == str(tmp_path / "parsed")  # written in the file: relative to the file
     assert cache.cache_dir(model_config(["runner.cache_dir=none"])) is None
 
 
