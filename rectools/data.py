@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .cli import raise_pending_stop
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .model_loader import model_module
 
 PREFETCH = 4  # batches made ahead of the training step
@@ -51,6 +51,11 @@ def reader(config, package, data_key, reader_key):
     config.require(reader_key, by="reading " + data_key)
     files = data_files(config[data_key], data_key)
     return model_module(package, config[reader_key], reader_key).RecDataset(files, config)
+
+
+def no_samples(dataset):
+    """The error of a pass that read no sample (evaluation, prediction): names the files read."""
+    return UserError(f"no samples in {', '.join(dataset.file_list)}")
 
 
 def rows(chunk):

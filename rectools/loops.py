@@ -13,7 +13,7 @@ import math
 import os
 
 from . import checkpoint, records
-from .data import epoch_batches, reader, rows
+from .data import epoch_batches, no_samples, reader, rows
 from .distributed import LOCAL
 from .engines import ENGINES
 from .errors import ConfigError, UserError
@@ -68,7 +68,7 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
         sums = group.sum({**sums, "": samples})
         samples = sums.pop("")
     if not samples:
-        raise UserError(f"no samples in {', '.join(dataset.file_list)}")
+        raise no_samples(dataset)
     means = {name: total / samples for name, total in sums.items()}
     predictions = metrics.arrays()
     if gather is not None:

@@ -11,10 +11,10 @@ import numpy as np
 import paddle
 
 from . import checkpoint
-from .data import epoch_batches, reader
+from .data import epoch_batches, no_samples, reader
 from .distributed import LOCAL
 from .engines import dygraph_mode, dygraph_network, place
-from .errors import ConfigError, UserError
+from .errors import ConfigError
 from .progress import Progress, expected_samples
 from .model_loader import model_module
 
@@ -148,6 +148,6 @@ def predict(config, package, group=LOCAL):
             if progress.due(len(table)):
                 progress.line({"samples": progress.samples})
         if group.main and not progress.samples:  # as evaluation does; the file, never written, does not appear
-            raise UserError(f"no samples in {', '.join(dataset.file_list)}")
+            raise no_samples(dataset)
     log.info("wrote %d predictions of %s to %s", progress.samples, model_dir, output)
     return output

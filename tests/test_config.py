@@ -190,7 +190,7 @@ def test_config_doc_gives_usage_and_one_line_errors(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("usage: config_doc.py") and "Traceback" not in result.stderr
     result = run_tool("config_doc.py", "nowhere", cwd=str(tmp_path))
-    assert (result.returncode, result.stderr) == (2, f"error: model folder not found: nowhere\n")
+    assert (result.returncode, result.stderr) == (2, "error: model folder not found: nowhere\n")
     result = run_tool("config_doc.py", str(tmp_path), cwd=str(tmp_path))
     assert (result.returncode, result.stderr) == (2, f"error: {tmp_path} is not a model folder: it has no "
                                                      f"config_schema.py\n")
