@@ -19,7 +19,14 @@ HEADER = "click,purchase,101,205,301,D508"
 
 def config_for(tmp_path, *overrides):
     return model_config([f"runner.train_data_dir={tmp_path / 'train'}", "hyper_parameters.fields=[101,205,301]",
-                         "hyper_parameters.max_len=2", "hyper_parameters.sparse_feature_number=100", *overrides])
+                         "hyper_parameters.max_len=2", "hyper_parameters.sparse_feature_number=100",
+                         f"runner.cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+def parsed(path, fields=FIELDS):
+    """parse_file's blocks of one file, concatenated."""
+    blocks = list(csv_reader.parse_file(path, fields))
+    return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
 def read(paths, config, chunk_lines=2):
@@ -67,6 +74,28 @@ def test_notes_are_logged_once_per_file(files, tmp_path, caplog):
     assert any("14 table rows used of 100" in m for m in messages)
 
 
+def test_each_file_is_parsed_once_then_read_from_the_cache(files, tmp_path, monkeypatch, caplog):
+    train, test = files
+    calls = []
+    parse = csv_reader.parse_file
+
+    def counted(path, fields):
+        calls.append(path)
+        return parse(path, fields)
+    monkeypatch.setattr(csv_reader, "parse_file", counted)
+    caplog.set_level(logging.INFO)
+    first = read([train, test], config_for(tmp_path))  # field sizes, then the epoch: the training file once
+    assert calls == [train, test]
+    again = read([train, test], config_for(tmp_path))  # a new run
+    assert calls == [train, test]
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
+    assert any(f"{train}: read from cache" in r.getMessage() for r in caplog.records)
+    write_lines(test, ["purchase,301,D508,205,click,101", "0,1,0.1,3,0,2"])  # changed: parsed again
+    assert read([test], config_for(tmp_path))["ids"][:, :, 0].tolist() == [[1 + 2, 5 + 3, 12 + 1]]
+    assert calls == [train, test, test]
+
+
 def test_a_table_too_small_names_the_number_to_set(files, tmp_path):
     with pytest.raises(ConfigError, match="sparse_feature_number is 13, but the ids of 1 training file.* need 14 rows.*"
                                           "-o hyper_parameters.sparse_feature_number=14"):
@@ -98,7 +127,7 @@ def test_evaluation_needs_the_training_files(files, tmp_path):
 def test_bad_data_names_file_and_line(tmp_path, lines, expected):
     path = write_lines(str(tmp_path / "bad.csv"), lines)
     with pytest.raises(DataError) as caught:
-        csv_reader.parse_file(path, FIELDS)
+        parsed(path)
     assert str(caught.value).startswith(path + ":") and expected in str(caught.value)
 
 
@@ -111,7 +140,7 @@ def test_blocks_change_nothing_and_line_numbers_survive_them(tmp_path, monkeypat
         f.write("\r\n".join(lines) + "\r\n")
     monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 64)  # many blocks, lines cut at block ends
     for source in (path, str(tmp_path / "many.csv.gz")):
-        arrays = csv_reader.parse_file(source, FIELDS)
+        arrays = parsed(source)
         assert arrays["ids"].tolist() == [row[2:] for row in rows]
         assert arrays["click"].tolist() == [row[0] for row in rows]
         assert arrays["buy"].tolist() == [row[1] for row in rows]
@@ -119,17 +148,17 @@ def test_blocks_change_nothing_and_line_numbers_survive_them(tmp_path, monkeypat
     lines[250] = "0,0,1,1,oops,0.5"
     write_lines(path, lines)
     with pytest.raises(DataError, match=r"many.csv:251: 301 is not an integer: 'oops'"):
-        csv_reader.parse_file(path, FIELDS)
+        parsed(path)
     lines[250] = "0,0,1,1,1"
     write_lines(path, lines)
     with pytest.raises(DataError, match=r"many.csv:251: 5 columns"):
-        csv_reader.parse_file(path, FIELDS)
+        parsed(path)
 
 
 def test_a_line_longer_than_a_block(tmp_path, monkeypatch):
     monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 8)
     path = write_lines(str(tmp_path / "long.csv"), [HEADER, "1,1,123456789,987654321,1234,0.123456789"])
-    assert csv_reader.parse_file(path, FIELDS)["ids"].tolist() == [[123456789, 987654321, 1234]]
+    assert parsed(path)["ids"].tolist() == [[123456789, 987654321, 1234]]
 
 
 def ali_ccp_csv(path, n, seed, high=30):

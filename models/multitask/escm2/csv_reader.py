@@ -22,14 +22,16 @@ included) are ignored with one log line per file. Bad data (a header without a c
 a row with another number of columns than the header, a label that is not 0/1, a purchase
 without a click, an id that is not a non-negative integer) stops with file and line.
 
-`parse_file` turns one file into arrays; it is the unit an on-disk cache can keep.
-Files ending in .gz are read through gzip.
+`parse_file` turns one file into arrays, block by block; each file's arrays are cached on disk
+(runner.cache_dir), so a file is parsed once: the training files' field sizes come from their
+first pass, and later passes and runs read the arrays. Files ending in .gz are read through gzip.
 """
 import io
 import logging
 
 import numpy as np
 
+from rectools import cache
 from rectools.contract import Reader
 from rectools.data import data_files, open_data
 from rectools.errors import ConfigError, DataError
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 LABELS = ("click", "purchase")
 BLOCK_BYTES = 1 << 20  # parse granularity: ~10k rows; larger blocks fall out of the CPU caches
 MAX_ID = 2 ** 31 - 1   # ids are kept as int32 between parsing and batching
+PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or the summary change
 
 
 def read_header(stream, path):
@@ -65,12 +68,15 @@ def header_columns(names, fields, path):
 
 
 def parse_file(path, fields):
-    """One CSV file -> {"ids": int32 [n, len(fields)] (the file's per-field ids), "click": int8 [n],
-    "buy": int8 [n]}; blank lines are skipped. Raises DataError with file and line."""
+    """Generator of one CSV file's rows in blocks: {"ids": int32 [n, len(fields)] (the file's
+    per-field ids), "click": int8 [n], "buy": int8 [n]}; blank lines are skipped. Returns the
+    file's summary: {"columns": the header's names, "largest": each field's largest id (-1 for
+    none)}. Raises DataError with file and line."""
+    largest = np.full(len(fields), -1, dtype=np.int64)
     with open_data(path) as stream:
         names = read_header(stream, path)
         columns = header_columns(names, fields, path)
-        parts, line_no, carry = [], 1, b""  # line_no: lines read so far
+        line_no, carry = 1, b""  # line_no: lines read so far
         while True:
             data = stream.read(BLOCK_BYTES)
             block = carry + data
@@ -82,14 +88,14 @@ def parse_file(path, fields):
             if block:
                 if not block.endswith(b"\n"):
                     block += b"\n"
-                parts.append(_parse_block(block, line_no, names, columns, path))
+                table = _parse_block(block, line_no, names, columns, path)
                 line_no += block.count(b"\n")
+                if len(table):
+                    largest = np.maximum(largest, table[:, 2:].max(axis=0))
+                    yield {"ids": table[:, 2:], "click": table[:, 0].astype(np.int8), "buy": table[:, 1].astype(np.int8)}
             if not data:
                 break
-    if not parts:
-        parts.append(np.zeros((0, len(columns)), dtype=np.int32))
-    table = np.concatenate(parts)
-    return {"ids": table[:, 2:], "click": table[:, 0].astype(np.int8), "buy": table[:, 1].astype(np.int8)}
+    return {"columns": names, "largest": largest.tolist()}
 
 
 def _parse_block(block, line_no, names, columns, path):
@@ -104,6 +110,8 @@ def _parse_block(block, line_no, names, columns, path):
     if len(wrong):
         first = wrong[0]
         raise DataError(path, line_no + 1 + first, f"{commas[first] + 1} columns, but the header has {n_columns}")
+    if blank.all():  # loadtxt would warn of a block without data
+        return np.zeros((0, len(columns)), dtype=np.int32)
     try:
         values = np.loadtxt(io.BytesIO(block), delimiter=",", usecols=columns, dtype=np.int64, comments=None,
                             encoding="latin-1", ndmin=2)
@@ -140,18 +148,25 @@ def _locate(block, line_no, names, columns, path, error):
 
 
 class RecDataset(Reader):
-    """Chunks of a list of column-CSV files (see the module's docstring for the id layout)."""
+    """Chunks of a list of column-CSV files (see the module's docstring for the id layout). Each
+    file's parsed columns are cached (rectools.cache, runner.cache_dir) with its header and its
+    fields' largest ids, so the field sizes of the training files come from their cache entries
+    and later passes read no text."""
 
     def __init__(self, file_list, config, chunk_lines=8192):
         self.file_list = list(file_list)
         self.fields = config["hyper_parameters.fields"]
         self.max_len = config["hyper_parameters.max_len"]
         self.chunk_lines = chunk_lines
+        self.cache = cache.ArrayCache(cache.cache_dir(config), {
+            "format": "column CSV", "parser_version": PARSER_VERSION, "fields": self.fields})
         if not config.get("runner.train_data_dir"):
             raise ConfigError(f"{config.path}: csv_reader numbers each field's ids from the training files: "
                               f"runner.train_data_dir is required, for evaluation too")
         train_files = data_files(config["runner.train_data_dir"], "runner.train_data_dir")
-        self.sizes = field_sizes(train_files, self.fields)
+        self.sizes = np.ones(len(self.fields), dtype=np.int64)  # 1 + the largest id of each field (1 if none)
+        for path in train_files:
+            self.sizes = np.maximum(self.sizes, np.array(self._summary(path)["largest"]) + 1)
         self.offsets = 1 + np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         needed = 1 + int(self.sizes.sum())
         table = config["hyper_parameters.sparse_feature_number"]
@@ -163,43 +178,52 @@ class RecDataset(Reader):
                  dict(zip(self.fields, self.sizes.tolist())), len(train_files), needed, table)
         self.reported = set()  # files whose ignored columns and unseen ids were logged: once per file
 
+    def _parsed(self, path):
+        """Generator of the file's parsed blocks (from its cache entry, else its text); returns its summary."""
+        return self.cache.chunks(path, lambda source: parse_file(source, self.fields), self.chunk_lines)
+
+    def _summary(self, path):
+        manifest = self.cache.manifest(path)
+        if manifest is not None:
+            return manifest["summary"]
+        parts = self._parsed(path)  # one pass, which writes the cache entry the first epoch then reads
+        while True:
+            try:
+                next(parts)
+            except StopIteration as stop:
+                return stop.value
+
     def chunks(self):
         row = 0
         for path in self.file_list:
-            arrays = parse_file(path, self.fields)
-            ids = arrays["ids"]
-            unseen = ids >= self.sizes  # [n, fields]: ids the training files never had
-            self._report(path, unseen)
-            for start in range(0, len(ids), self.chunk_lines):
-                stop = min(start + self.chunk_lines, len(ids))
-                block = np.where(unseen[start:stop], 0, ids[start:stop]) + self.offsets  # [m, fields] int64
-                out = np.zeros((stop - start, len(self.fields), self.max_len), dtype=np.int64)
-                out[:, :, 0] = block
-                yield {"ids": out, "click": arrays["click"][start:stop].astype(np.int64),
-                       "buy": arrays["buy"][start:stop].astype(np.int64),
-                       "sample_id": np.arange(row + start + 1, row + stop + 1, dtype=np.int64)}
-            row += len(ids)
+            unseen_counts = np.zeros(len(self.fields), dtype=np.int64)
+            parts = self._parsed(path)
+            while True:
+                try:
+                    arrays = next(parts)
+                except StopIteration as stop:
+                    summary = stop.value
+                    break
+                ids, n = arrays["ids"], len(arrays["ids"])
+                for start in range(0, n, self.chunk_lines):
+                    stop_row = min(start + self.chunk_lines, n)
+                    unseen = ids[start:stop_row] >= self.sizes  # [m, fields]: ids the training files never had
+                    unseen_counts += unseen.sum(axis=0)
+                    out = np.zeros((stop_row - start, len(self.fields), self.max_len), dtype=np.int64)
+                    out[:, :, 0] = np.where(unseen, 0, ids[start:stop_row]) + self.offsets
+                    yield {"ids": out, "click": arrays["click"][start:stop_row].astype(np.int64),
+                           "buy": arrays["buy"][start:stop_row].astype(np.int64),
+                           "sample_id": np.arange(row + start + 1, row + stop_row + 1, dtype=np.int64)}
+                row += n
+            self._report(path, summary["columns"], unseen_counts)
 
-    def _report(self, path, unseen):
+    def _report(self, path, names, unseen):
         if path in self.reported:
             return
         self.reported.add(path)
-        with open_data(path) as stream:
-            names = read_header(stream, path)
         ignored = [name for name in names if name not in (*LABELS, *self.fields)]
         if ignored:
             log.info("%s: %d column(s) the net does not use are ignored (%s)", path, len(ignored), ",".join(ignored))
-        counts = unseen.sum(axis=0)
-        if counts.any():
+        if unseen.any():
             log.warning("%s: %d id(s) beyond the training files' range mapped to their field's id 0 (%s)", path,
-                        int(counts.sum()), ", ".join(f"{f}: {n}" for f, n in zip(self.fields, counts.tolist()) if n))
-
-
-def field_sizes(files, fields):
-    """int64 [len(fields)]: 1 + the largest id of each field over `files` (1 for an empty field)."""
-    sizes = np.ones(len(fields), dtype=np.int64)
-    for path in files:
-        ids = parse_file(path, fields)["ids"]
-        if len(ids):
-            sizes = np.maximum(sizes, ids.max(axis=0).astype(np.int64) + 1)
-    return sizes
+                        int(unseen.sum()), ", ".join(f"{f}: {n}" for f, n in zip(self.fields, unseen.tolist()) if n))
