@@ -166,12 +166,6 @@ def logloss(labels, probs):
     return _cross_entropy_sum(labels, probs) / len(labels) if len(labels) else float("nan")
 
 
-def calibration(labels, probs):
-    """Mean prediction over mean label: 1 is calibrated, >1 over-estimates."""
-    mean_label = float(np.mean(labels, dtype=np.float64)) if len(labels) else 0.0
-    return float(np.mean(probs, dtype=np.float64)) / mean_label if mean_label > 0 else float("nan")
-
-
 def ctr_cvr_report(predictions):
     """The ESMM/ESCM2 protocol: CTR and CTCVR over all impressions, CVR over clicked ones.
 
@@ -203,7 +197,7 @@ def ctr_cvr_report(predictions):
     def ratio(total, count):
         return total / count if count else float("nan")
 
-    def calibrated(predicted, observed):
+    def calibration(predicted, observed):  # mean prediction over mean label: 1 is calibrated, >1 over-estimates
         return predicted / observed if observed > 0 else float("nan")
 
     return {
@@ -215,9 +209,9 @@ def ctr_cvr_report(predictions):
         "logloss_ctr": ratio(s["ll_ctr"], n),
         "logloss_cvr": ratio(s["ll_cvr"], clicks),
         "logloss_ctcvr": ratio(s["ll_ctcvr"], n),
-        "calibration_ctr": calibrated(s["pctr"], clicks),
-        "calibration_cvr": calibrated(s["pcvr_clicked"], cvr_conversions),
-        "calibration_ctcvr": calibrated(s["pctcvr"], conversions),
+        "calibration_ctr": calibration(s["pctr"], clicks),
+        "calibration_cvr": calibration(s["pcvr_clicked"], cvr_conversions),
+        "calibration_ctcvr": calibration(s["pctcvr"], conversions),
         "mean_pcvr": ratio(s["pcvr"], n),
         "samples": n,
         "clicks": clicks,

@@ -7,7 +7,7 @@ import gc
 import os
 
 from rectools import metrics
-from rectools.metrics import Accumulator, Columns, auc, calibration, ctr_cvr_report, logloss
+from rectools.metrics import Accumulator, Columns, auc, ctr_cvr_report, logloss
 
 
 def pairwise_auc(labels, scores):
@@ -51,7 +51,8 @@ def test_cvr_is_evaluated_over_clicked_impressions_only():
 
 def test_logloss_and_calibration():
     assert logloss([1, 0], [0.5, 0.5]) == pytest.approx(np.log(2))
-    assert calibration([1, 0, 0, 0], [0.5] * 4) == pytest.approx(2.0)
+    report = ctr_cvr_report({"pctr": np.full(4, 0.5), "pcvr": np.full(4, 0.5), "click": [1, 0, 0, 0], "buy": [0] * 4})
+    assert report["calibration_ctr"] == pytest.approx(2.0) and np.isnan(report["calibration_cvr"])
 
 
 def test_labels_of_any_integer_dtype_and_float32_scores_give_the_same_report():
