@@ -178,7 +178,8 @@ def load_paddle():
     Paddle's import also installs a C++ SIGTERM handler (a crash report, then death): the one of
     handle_stop_signals, when installed, is put back before the signals are let through. Before the
     import, MKL is pointed at its AVX2 code on AMD CPUs (mkl_avx2_on_amd), with a log line."""
-    if mkl_avx2_on_amd() and os.environ.get("PADDLE_TRAINER_ID", "0") in ("", "0"):  # said once a job
+    launched = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1  # a leftover rank alone says nothing
+    if mkl_avx2_on_amd() and (not launched or os.environ.get("PADDLE_TRAINER_ID", "0") in ("", "0")):  # once a job
         logging.getLogger("rectools").info("AMD CPU: %s=5 for MKL's AVX2 code (set %s= to keep MKL's default)",
                                            MKL_CPU_TYPE, MKL_CPU_TYPE)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

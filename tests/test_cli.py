@@ -35,9 +35,14 @@ def _this_cpu_is_amd_with_avx2():
     return cli.mkl_avx2_on_amd(environ={})
 
 
-@pytest.mark.parametrize("preset", [None, ""])
-def test_a_tool_says_when_it_sets_mkl_and_paddle_sees_it(preset):
-    env = {k: v for k, v in os.environ.items() if k != "MKL_DEBUG_CPU_TYPE"}
+@pytest.mark.parametrize("preset, job, says", [
+    (None, {}, True), ("", {}, False),
+    (None, {"PADDLE_TRAINER_ID": "1"}, True),  # a rank's variable left in a shell: still one process
+    (None, {"PADDLE_TRAINER_ID": "1", "PADDLE_TRAINERS_NUM": "2"}, False),  # rank 1 of a job: rank 0 says it
+])
+def test_a_tool_says_when_it_sets_mkl_and_paddle_sees_it(preset, job, says):
+    env = {k: v for k, v in os.environ.items() if k not in ("MKL_DEBUG_CPU_TYPE", "PADDLE_TRAINER_ID", "PADDLE_TRAINERS_NUM")}
+    env.update(job)
     if preset is not None:
         env["MKL_DEBUG_CPU_TYPE"] = preset
     code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from rectools import cli; "
@@ -45,7 +50,7 @@ def test_a_tool_says_when_it_sets_mkl_and_paddle_sees_it(preset):
     out = subprocess.run([sys.executable, "-c", code, REPO], env=env, capture_output=True, text=True, check=True).stdout
     said = "MKL_DEBUG_CPU_TYPE=5 for MKL's AVX2 code" in out
     if preset is None and _this_cpu_is_amd_with_avx2():
-        assert said and "seen '5'" in out
+        assert said == says and "seen '5'" in out
     else:
         assert not said and f"seen {preset!r}" in out
 
