@@ -169,6 +169,7 @@ def fixture_bytes(name, shared):
         "lone CR": b"1,0,0,101:1\r\r\n2,0,0,101:2\n",
         "non-ASCII field": "1,0,0,fé:1,101:2\n".encode(),
         "field name over 8 bytes": b"1,0,0,123456789:1,101:2\n",
+        "NUL byte": b"1,0,0,101:1\n2,0,0,10\x001:2\n",
     }
     if name == "real lines":
         with open(shared, "rb") as f:
@@ -179,7 +180,7 @@ def fixture_bytes(name, shared):
 PARITY_FIXTURES = ["real lines", "md5", "crlf", "blank lines", "truncation", "unknown fields",
                    "fields split in a line", "long and padded numbers", "no features, last line unterminated", "bom",
                    "whitespace-only line", "sample_id of 19 digits", "lone CR", "non-ASCII field",
-                   "field name over 8 bytes"]
+                   "field name over 8 bytes", "NUL byte"]
 
 
 @pytest.mark.parametrize("compress", [False, True])

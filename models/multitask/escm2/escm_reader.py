@@ -24,6 +24,7 @@ this parsing schema); later epochs and runs read the cache instead of the text.
 import logging
 import os
 import re
+import threading
 import zlib
 
 import numpy as np
@@ -339,31 +340,101 @@ class Irregular(Exception):
 
 _U64 = np.uint64
 _ASCII_ZEROS = _U64(0x3030303030303030)
-# _TOP[n]: mask of the n most significant bytes of a little-endian word (its last n bytes in memory)
-_TOP = np.array([0] + [(2 ** 64 - 1) ^ (2 ** (8 * (8 - n)) - 1) for n in range(1, 9)], dtype=_U64)
 
 
-def _words(text):
-    """words[e] = the 8 bytes text[e - 8:e] as a little-endian uint64, for 0 <= e <= len(text):
-    the word that ends at position e. The text is copied behind 8 zero bytes so that words ending
-    near its start exist."""
-    padded = np.zeros(len(text) + 8, dtype=np.uint8)
-    padded[8:] = text
-    return np.ndarray((len(text) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+class _Scratch(threading.local):
+    """Work arrays of the block parser that outlive a parse, one set per thread (a parse worker
+    process keeps them for its next block). Fresh memory costs a page fault per 4 KB, often
+    more than the numpy passes over it, and the allocator gives a parse's freed temporaries back
+    to the system; kept here, they are faulted in once. About 6 times the largest block parsed
+    (12 MB for blocks of 2 MB of real lines); arrays whose contents are used up lend their
+    memory to later ones of the same parse under the same name."""
+
+    def __init__(self):
+        self.buffers = {}
+
+    def __call__(self, name, n, dtype):
+        """An uninitialised array of n items of dtype, at the start of the memory of `name`."""
+        size = n * np.dtype(dtype).itemsize
+        buffer = self.buffers.get(name)
+        if buffer is None or len(buffer) < size:
+            buffer = self.buffers[name] = np.empty(size + (size >> 3), dtype=np.uint8)  # room for larger blocks
+        return buffer[:size].view(dtype)
 
 
-def _digit_values(word, n):
-    """The last n (1..8) bytes of each word of ASCII text as digit values (byte - '0'), the bytes
-    below them 0: an 8-digit number with leading zeros, when those n bytes are digits."""
-    v = word ^ _ASCII_ZEROS
-    v &= _TOP[n]
-    return v
+_SCRATCH = _Scratch()
+
+
+def _separators(text, scratch, exact):
+    """(positions (intp), bytes (uint8, in scratch)) of the separators ',' ':' and LF of the text;
+    with exact=False, of ':' and every byte below '0' (two numpy passes fewer)."""
+    is_sep = np.equal(text, 58, out=scratch("mask", len(text), bool))
+    other = scratch("words", len(text), bool)  # the memory of the words, made later
+    if exact:
+        is_sep |= np.equal(text, 44, out=other)
+        is_sep |= np.equal(text, 10, out=other)
+    else:
+        is_sep |= np.less(text, 48, out=other)
+    sep = np.flatnonzero(is_sep)  # intp: gathers index with it unconverted
+    return sep, text.take(sep, out=scratch("kind", len(sep), np.uint8), mode="clip")
+
+
+def _words(text, out):
+    """The text behind 8 zero bytes and before 8 or more, as aligned little-endian words: out
+    (uint64, len(text) // 8 + 2 of them), word q holding padded bytes [8q, 8q + 8)."""
+    n = len(text)
+    padded = out.view(np.uint8)
+    padded[:8] = 0
+    padded[8:8 + n] = text
+    padded[8 + n:] = 0
+    return out
+
+
+def _ending(words, end, out, high, shift):
+    """The 8 bytes text[e - 8:e] of each e in `end` (intp, 0 <= e <= len(text)) as little-endian
+    uint64 words (zero bytes before the text) into `out`; `high` and `shift` are work arrays of the
+    same length (uint64, intp). Two gathers of aligned words and shifts: numpy gathers 8 bytes at
+    unaligned addresses no faster, and only into new memory."""
+    np.right_shift(end, 3, out=shift)  # the aligned word where the 8 bytes start, then the next
+    words.take(shift, out=out, mode="clip")
+    words[1:].take(shift, out=high, mode="clip")
+    np.bitwise_and(end, 7, out=shift)
+    shift <<= 3
+    shift = shift.view(_U64)  # bits of the first word before the 8 bytes
+    out >>= shift
+    np.subtract(_U64(64), shift, out=shift)
+    high <<= shift  # a shift by 64 gives 0 in numpy
+    out |= high
+    return out
+
+
+def _ending_new(words, end):
+    """_ending into new arrays."""
+    return _ending(words, end, np.empty(len(end), dtype=_U64), np.empty(len(end), dtype=_U64),
+                   np.empty(len(end), dtype=np.intp))
+
+
+def _bits_before(n, extra=0):
+    """In place: the bits of a word below its last n - extra bytes, 8 * (8 + extra - n), as
+    uint64 (n: intp, overwritten)."""
+    np.subtract(8 + extra, n, out=n)
+    n <<= 3
+    return n.view(_U64)
+
+
+def _digit_values(word, bits):
+    """In place: the bytes of each word of ASCII text above its lowest `bits` (see _bits_before)
+    as digit values (byte - '0'), the bytes below them 0: an 8-digit number with leading zeros,
+    when those bytes are digits."""
+    word ^= _ASCII_ZEROS
+    word >>= bits
+    word <<= bits
+    return word
 
 
 def _all_digits(v):
-    """Whether every byte of each word of _digit_values is a digit value (0..9): a byte of 10 or
-    more (at most 0x7F for ASCII) reaches 0x80 when 0x76 is added, without carrying further."""
-    return ((v + _U64(0x7676767676767676)) & _U64(0x8080808080808080)) == 0
+    """Whether every byte of every word of _digit_values is a digit value (0..9)."""
+    return v.view(np.uint8).max(initial=0) <= 9
 
 
 def _value8(v):
@@ -388,21 +459,22 @@ def _decimal(words, start, end):
     n = end - start
     if len(n) and (n.min() < 1 or n.max() > 16):
         raise Irregular
-    v = _digit_values(words[end], np.minimum(n, 8))
+    v = _digit_values(_ending_new(words, end), _bits_before(np.minimum(n, 8)))
     ok = _all_digits(v)
     value = _value8(v)
     long = np.flatnonzero(n > 8)
     if len(long):
-        high = _digit_values(words[end[long] - 8], n[long] - 8)
+        high = _digit_values(_ending_new(words, end[long] - 8), _bits_before(n[long] - 8))
         value[long] += _value8(high) * 10 ** 8
-        ok[long] &= _all_digits(high)
+        ok = ok and _all_digits(high)
     return value, ok
 
 
 def _key(name):
-    """A field name of at most 8 bytes as the word it makes when it ends a word (see _words)."""
+    """A field name of at most 8 bytes as the word of its bytes (little-endian), as the parser
+    reads names; None for longer names, which never match."""
     raw = name.encode("utf-8")
-    return int.from_bytes(b"\0" * (8 - len(raw)) + raw, "little") if len(raw) <= 8 else None
+    return int.from_bytes(raw, "little") if len(raw) <= 8 else None
 
 
 class _FieldTable:
@@ -439,35 +511,46 @@ class BlockParser:
     """The fast parser: a block of whole lines -> the arrays and counts LineParser gives, by numpy
     over the whole block. Raises Irregular when the block holds anything outside the plain grammar
     (ASCII, LF or CRLF line ends, field names of at most 8 bytes, numbers of 1 to 16 digits) or any
-    bad value, and the reference decides."""
+    bad value, and the reference decides. Its work arrays are kept per thread (_Scratch)."""
 
     def __init__(self, fields, max_len, vocab):
         self.fields, self.max_len, self.vocab = fields, max_len, vocab
         self.table = _FieldTable(fields)
         # the largest id as 8 digit values, most significant first in a big-endian word: words of
-        # digit values compare like their numbers once byte-swapped
+        # digit values compare like their numbers when read big-endian
         self.largest = (_U64(int.from_bytes(bytes(int(d) for d in f"{vocab - 1:08d}"), "big"))
                         if vocab <= 10 ** 8 else None)
 
     def parse(self, block):
         if not block:
             raise Irregular  # nothing to vectorise (a byte range inside one long line)
-        if b"\r" in block:
-            block = block.replace(b"\r\n", b"\n")
-            if b"\r" in block:
-                raise Irregular
         text = np.frombuffer(block, dtype=np.uint8)
-        if text.max() > 127 or text.min() == 0:  # not ASCII (the reference checks UTF-8), or NUL
+        if text.max() > 127:  # not ASCII (the reference checks UTF-8)
             raise Irregular
-        words = _words(text)
+        scratch = _SCRATCH
+        # segments: the text between separators; segment k is text[sep[k - 1] + 1:sep[k]], sep[k]
+        # being a ',', ':' or LF (sep[-1] is taken as -1). Plain lines have no other byte below
+        # '0' (such as CR, NUL, or a space in the name of another field): all those bytes are
+        # found at once, and the exact separators only when there are others among them
+        sep, kind = _separators(text, scratch, exact=False)
+        is_kind = scratch("mask", len(sep), bool)  # the separators' mask is used up
+        last = np.flatnonzero(np.equal(kind, 10, out=is_kind))  # the last segment of each line
+        field = np.flatnonzero(np.equal(kind, 58, out=is_kind))  # the ':' of each field:feat token
+        if len(last) + len(field) + np.count_nonzero(np.equal(kind, 44, out=is_kind)) != len(sep):
+            if b"\r" in block:
+                block = block.replace(b"\r\n", b"\n")
+                if b"\r" in block:
+                    raise Irregular
+                return self.parse(block)
+            if text.min() == 0:  # NUL
+                raise Irregular
+            sep, kind = _separators(text, scratch, exact=True)
+            is_kind = scratch("mask", len(sep), bool)
+            last = np.flatnonzero(np.equal(kind, 10, out=is_kind))
+            field = np.flatnonzero(np.equal(kind, 58, out=is_kind))
+        words = _words(text, scratch("words", len(text) // 8 + 2, _U64))
         counts = new_counts(self.fields)
         F, L = len(self.fields), self.max_len
-
-        # segments: the text between separators; segment k is text[sep[k - 1] + 1:sep[k]], sep[k]
-        # being a ',', ':' or LF (sep[-1] is taken as -1)
-        sep = np.flatnonzero((text == 44) | (text == 58) | (text == 10))  # intp: gathers index with it unconverted
-        kind = text[sep]
-        last = np.flatnonzero(kind == 10)  # the last segment of each line
         first = np.empty_like(last)
         first[0], first[1:] = 0, last[:-1] + 1
         line_start = np.where(first > 0, sep[first - 1] + 1, 0)
@@ -487,15 +570,15 @@ class BlockParser:
         if n and np.any((click < 0) | (click > 1) | (buy < 0) | (buy > click)):
             raise Irregular
         sample_id, ok = _decimal(words, line_start, sep[first])
-        if not ok.all():
+        if not ok:
             raise Irregular
 
         # the rest: field:feat tokens, and an md5 column 4 (the one column there without ':')
-        field = np.flatnonzero(kind == 58)
+        T = len(field)
         md5 = first[last - first >= 3] + 3
         md5 = md5[kind[md5] != 58]
-        if len(sep) != 3 * n + counts["blank"] + 2 * len(field) + len(md5) or np.any(kind[field + 1] == 58):
-            raise Irregular  # a segment that is none of these: a token without ':' or with two
+        if len(sep) != 3 * n + counts["blank"] + 2 * T + len(md5):
+            raise Irregular  # a segment that is none of these: a token without ':' or with two (see below)
         if len(md5):
             md5_start = sep[md5 - 1] + 1
             if np.any(sep[md5] - md5_start != 32):
@@ -503,41 +586,52 @@ class BlockParser:
             digits = text[md5_start[:, None] + np.arange(32)] | 32  # lower case
             if not np.all(((digits >= 48) & (digits <= 57)) | ((digits >= 97) & (digits <= 102))):
                 raise Irregular
-        colon = sep[field]  # field k is text[sep[field - 1] + 1:colon], its id text[colon + 1:sep[field + 1]]
-        name_len = colon - sep[field - 1] - 1
-        if len(field) and (name_len.max() > 8 or name_len.min() < 1):
+        line_tok = np.searchsorted(field, first)  # the first token of each line
+        # token k: field name text[sep[field - 1] + 1:colon], id text[colon + 1:end]
+        colon = sep.take(field, out=scratch("colon", T, np.intp), mode="clip")
+        end = sep[1:].take(field, out=scratch("end", T, np.intp), mode="clip")
+        # the name's length + 1: from the end of the token before, or, for the first token of a
+        # line, from the column before. A segment between ids and names (a ',' too many) is
+        # matched by a ':' too many elsewhere (the count above), which makes a name's length -1
+        opens = line_tok[np.diff(np.append(line_tok, T)) > 0]
+        name_span = scratch("span", T, np.intp)
+        np.subtract(colon[1:], end[:-1], out=name_span[1:])
+        name_span[opens] = colon[opens] - sep[field[opens] - 1]
+        if T and (name_span.max() > 9 or name_span.min() < 2):
             raise Irregular
-        key = words[colon]
-        key &= _TOP[name_len]
+        high, shift = scratch("high", T, _U64), scratch("shift", T, np.intp)
+        key = _ending(words, colon, scratch("word", T, _U64), high, shift)
+        key >>= _bits_before(name_span, extra=1)  # the name alone
         # runs of tokens of one field within a line (Ali-CCP's behaviour fields: hundreds long):
         # the field table is consulted once per run, not once per token
-        run, run_slot = self._runs(key, np.searchsorted(field, first))
+        run, run_slot = self._runs(key, line_tok)
         if np.any(run_slot < 0):
-            run_len = np.diff(np.append(run, len(key)))
+            run_len = np.diff(np.append(run, T))
             unknown = run_slot < 0
             names, where = np.unique(key[run[unknown]], return_inverse=True)
             times = np.bincount(where, weights=run_len[unknown])
-            counts["unknown"] = {int(k).to_bytes(8, "little").lstrip(b"\0").decode("ascii"): int(t)
+            counts["unknown"] = {int(k).to_bytes(8, "little").rstrip(b"\0").decode("ascii"): int(t)
                                  for k, t in zip(names, times)}
             known = np.repeat(~unknown, run_len)
-            field, colon, key = field[known], colon[known], key[known]
-            run, run_slot = self._runs(key, np.searchsorted(field, first))
+            colon, end, key = colon[known], end[known], key[known]
+            line_tok = np.append(0, np.cumsum(known))[line_tok]  # the known tokens before each line's first
+            T = len(key)
+            run, run_slot = self._runs(key, line_tok)
         ids = np.zeros((n, F, L), dtype=np.int64)
-        if len(field):
-            line_tok = np.searchsorted(field, first)
-            end = sep[field + 1]
-            length = end - colon - 1
-            if length.min() < 1 or length.max() > 8 or self.vocab > 10 ** 8:
+        if T:
+            span = np.subtract(end, colon, out=scratch("span", T, np.intp))  # the id's length + 1 (names' used up)
+            if span.min() < 2 or span.max() > 9 or self.vocab > 10 ** 8:
                 value, ok = _decimal(words, colon + 1, end)  # the general way: every value decoded
-                if not ok.all() or value.max() >= self.vocab:
+                if not ok or value.max() >= self.vocab:
                     raise Irregular
-                kept, at = self._place(run, run_slot, len(field), line_tok, counts)
+                kept, at = self._place(run, run_slot, T, line_tok, counts)
                 ids.reshape(-1)[at] = value[kept]
             else:  # up to 8 digits: checked in place, the ids beyond max_len never decoded
-                digits = _digit_values(words[end], length)
-                if not _all_digits(digits).all() or digits.byteswap().max() > self.largest:
+                digits = _ending(words, end, scratch("word", T, _U64), high[:T], shift[:T])  # keys used up
+                digits = _digit_values(digits, _bits_before(span, extra=1))
+                if not _all_digits(digits) or digits.view(">u8").max() > self.largest:
                     raise Irregular
-                kept, at = self._place(run, run_slot, len(field), line_tok, counts)
+                kept, at = self._place(run, run_slot, T, line_tok, counts)
                 ids.reshape(-1)[at] = _value8(digits[kept])
         return {"ids": ids, "click": click, "buy": buy, "sample_id": sample_id}, counts
 
@@ -546,7 +640,7 @@ class BlockParser:
         T = len(key)
         if not T:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        boundary = np.empty(T, dtype=bool)
+        boundary = _SCRATCH("mask", T, bool)
         boundary[0] = True
         np.not_equal(key[1:], key[:-1], out=boundary[1:])
         boundary[line_tok[line_tok < T]] = True
@@ -561,8 +655,7 @@ class BlockParser:
         run_len = np.diff(np.append(run, T))
         run_cell = (np.searchsorted(line_start, run, side="right") - 1) * F + run_slot
         offset = np.zeros_like(run)  # ids of the cell in earlier runs: a field split within a line
-        ordered = np.sort(run_cell)
-        if np.any(ordered[1:] == ordered[:-1]):
+        if np.bincount(run_cell).max(initial=0) > 1:
             order = np.argsort(run_cell, kind="stable")
             before = np.cumsum(run_len[order]) - run_len[order]
             group = np.flatnonzero(np.diff(run_cell[order], prepend=-1))
