@@ -123,14 +123,18 @@ class ESCM2Net(nn.Layer):
 
         ids int64 [batch, fields, max_len]; or, with `inverse`, the batch as distinct_ids gives
         it: ids the distinct ids [U], ascending, and inverse int64 [batch, fields, max_len] each
-        position's index among them. Each distinct row is then looked up once: the table's sparse
-        gradient holds U rows, already merged and sorted (Adam's merge of repeated rows, the
-        largest cost of a step otherwise, has nothing to do), instead of one per position. The
-        rows' gradients are summed position by position in the same order as that merge."""
+        position's index among them. Each distinct row is then looked up once, so the table's
+        sparse gradient holds U rows, already merged and sorted (Adam's merge of repeated rows,
+        otherwise the largest cost of a step, has nothing to do), not one per position. The same
+        sums as the plain lookup, but a row's gradient adds its positions slot by slot, so where
+        an id repeats it may differ from the plain lookup's in the last bits."""
         if inverse is None:
             return self.heads(self.embedding(ids))
-        # an embedding lookup, not a gather: its gradient sums into the rows several times faster
-        return self.heads(F.embedding(inverse, self.embedding(ids)))
+        rows = self.embedding(ids)                                            # [U, dim]
+        # embedding lookups of the rows, not gathers: their gradients sum into the rows several
+        # times faster; one per slot, [B, fields] each, faster than summing over the slot axis
+        pooled = paddle.add_n([F.embedding(slot, rows) for slot in paddle.unbind(inverse, axis=2)])
+        return self.pooled_heads(pooled)                                      # [B, fields, dim]
 
     def gate_weights(self, ids):
         """MMoE backbone only: per tower (CTR, CVR[, imputation]) its gate's weights over the
@@ -140,7 +144,10 @@ class ESCM2Net(nn.Layer):
 
     def heads(self, embedded):
         """The towers on looked-up embeddings [batch, fields, max_len, dim] (padding rows zero)."""
-        pooled = embedded.sum(axis=2)                          # [B, fields, dim]
+        return self.pooled_heads(embedded.sum(axis=2))
+
+    def pooled_heads(self, pooled):
+        """The towers on the fields' sum-pooled embeddings [batch, fields, dim]."""
         x = pooled.reshape([-1, self.input_width])             # [B, fields * dim], fields side by side
         inputs = self.mmoe(x) if self.mmoe is not None else [x] * len(self.towers)
         logits = [tower(h).squeeze(-1) for tower, h in zip(self.towers, inputs)]  # each [B]
