@@ -17,8 +17,10 @@ class DygraphModel(DygraphContract):
         return net.from_config(config)
 
     def create_feeds(self, batch, config):
-        """numpy batch -> (ids int64 [B, fields, max_len], click float32 [B], buy float32 [B]) tensors."""
-        return (paddle.to_tensor(batch["ids"]),
+        """numpy batch -> (distinct ids int64 [U], inverse int64 [B, fields, max_len], click float32 [B],
+        buy float32 [B]) tensors: the batch's ids as net.distinct_ids gives them."""
+        uniq, inverse = net.distinct_ids(batch["ids"], config["hyper_parameters.sparse_feature_number"])
+        return (paddle.to_tensor(uniq), paddle.to_tensor(inverse),
                 paddle.to_tensor(batch["click"], dtype="float32"),
                 paddle.to_tensor(batch["buy"], dtype="float32"))
 
@@ -29,8 +31,8 @@ class DygraphModel(DygraphContract):
         return create_optimizer(dy_model.parameters(), config)
 
     def train_forward(self, dy_model, metrics, batch, config):
-        ids, click, buy = self.create_feeds(batch, config)
-        outputs = dy_model(ids)
+        uniq, inverse, click, buy = self.create_feeds(batch, config)
+        outputs = dy_model(uniq, inverse)
         collect(metrics, batch, outputs[0].numpy(), outputs[1].numpy())
         return self.create_loss(outputs, click, buy, config)
 
