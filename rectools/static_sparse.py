@@ -1,8 +1,8 @@
 """Row-sparse embedding updates inside a static program (Paddle 3.x new IR).
 
 On the new IR an embedding's gradient is a dense [rows, dim] tensor, so Adam would move every
-row of the table at every step. Here the batch's distinct ids (`uniq`, found on the host with
-np.unique) are gathered from the table, the loss is differentiated with respect to those rows
+row of the table at every step. Here the batch's distinct ids (`uniq`, found on the host by the
+model's feed) are gathered from the table, the loss is differentiated with respect to those rows
 only, and the rows, and for Adam their moments, are written back in place. The update
 reproduces what dygraph does for `Embedding(sparse=True)` with `Adam(lazy_mode=True)` or SGD:
 gradients of repeated ids are summed, the padding row receives the gradient of its positions
@@ -14,12 +14,6 @@ import warnings
 import numpy as np
 import paddle
 from paddle import _C_ops
-
-
-def host_unique(ids):
-    """Feeds for `lookup`: the distinct ids and, for each position of `ids`, its index among them."""
-    uniq, inverse = np.unique(ids, return_inverse=True)
-    return uniq, inverse.reshape(-1)
 
 
 def lookup(table, uniq, inverse, padding_idx=0):

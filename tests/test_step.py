@@ -57,8 +57,9 @@ def package_and_net():
     np.array([[[3, 1, 2]], [[2, 2, 8]]]),  # no padding position
     np.zeros((2, 3, 2), dtype=np.int64),  # padding only
 ])
-def test_distinct_ids_are_numpys_unique_with_inverse(ids):
-    uniq, inverse = package_and_net()[1].distinct_ids(ids.astype(np.int64), vocabulary=10)
+@pytest.mark.parametrize("vocabulary", [10, 10 ** 6])  # a table of the vocabulary's size; a sort
+def test_distinct_ids_are_numpys_unique_with_inverse(ids, vocabulary):
+    uniq, inverse = package_and_net()[1].distinct_ids(ids.astype(np.int64), vocabulary=vocabulary)
     expected_uniq, expected_inverse = np.unique(ids, return_inverse=True)
     np.testing.assert_array_equal(uniq, expected_uniq)
     np.testing.assert_array_equal(inverse, expected_inverse.reshape(ids.shape))

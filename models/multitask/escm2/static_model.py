@@ -26,8 +26,8 @@ class StaticModel(StaticContract):
                 "click": data("click", [-1], "float32"), "buy": data("buy", [-1], "float32")}
 
     def feed(self, batch):
-        uniq, inverse = static_sparse.host_unique(batch["ids"])
-        return {"uniq": uniq, "inverse": inverse,
+        uniq, inverse = net.distinct_ids(batch["ids"], self.config["hyper_parameters.sparse_feature_number"])
+        return {"uniq": uniq, "inverse": inverse.reshape(-1),
                 "click": batch["click"].astype("float32"), "buy": batch["buy"].astype("float32")}
 
     def net(self, feeds):
