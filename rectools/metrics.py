@@ -8,6 +8,7 @@ different buckets, and only the items of buckets holding both classes are ranked
 SORT_ROWS of them in memory at once. Memory is the same for an epoch of 200 thousand impressions
 as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns).
 """
+import contextlib
 import os
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .contract import Predictions
+from .errors import UserError
 
 EPS = 1e-7
 CHUNK_ROWS = 1 << 16  # rows a pass over predictions handles at once
@@ -25,6 +27,17 @@ SPILL_BYTES = 1 << 22  # an Accumulator writes what it holds to disk once it hol
 
 
 # ----------------------------------------------------------------------------- AUC
+
+@contextlib.contextmanager
+def _on_disk(what):
+    """Turns an OSError of the temporary folder (not writable, full) into one UserError line."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"cannot write {what} to {e.filename or 'the temporary folder'} ({e.strerror or e}): "
+                        f"point TMPDIR at a writable folder with room (an epoch's predictions take ~18 bytes an "
+                        f"impression)") from None
+
 
 def order_keys(scores):
     """Unsigned integers [n] that order as the float `scores` [n] do: the IEEE 754 bit patterns
@@ -92,7 +105,7 @@ def _twice_u(chunks, count, prefix=0):
     if not groups:
         return twice
     record = np.dtype([("key", f"u{key_bits // 8}"), ("hit", bool)])
-    with tempfile.TemporaryDirectory(prefix="rectools-auc-") as folder:
+    with _on_disk("the AUC's buckets"), tempfile.TemporaryDirectory(prefix="rectools-auc-") as folder:
         for hits, keys in chunks():
             group = group_of[((keys >> shift) & mask).astype(np.intp)]
             kept = np.flatnonzero(group >= 0)
@@ -307,16 +320,17 @@ class Accumulator(Predictions):
             self._spill()
 
     def _spill(self):
-        if self._folder is None:
-            self._folder = tempfile.mkdtemp(prefix="rectools-predictions-")
-            weakref.finalize(self, shutil.rmtree, self._folder, True)
-        for name, column in self._columns.items():
-            path = column.path or os.path.join(self._folder, name)
-            with open(path, "ab") as f:
-                for array in column.held:
-                    array.tofile(f)
-            rows = sum(len(a) for a in column.held)
-            self._columns[name] = _Column(path, column.dtype, column.spilled + rows, [])
+        with _on_disk("the epoch's predictions"):
+            if self._folder is None:
+                self._folder = tempfile.mkdtemp(prefix="rectools-predictions-")
+                weakref.finalize(self, shutil.rmtree, self._folder, True)
+            for name, column in self._columns.items():
+                path = column.path or os.path.join(self._folder, name)
+                with open(path, "ab") as f:
+                    for array in column.held:
+                        array.tofile(f)
+                rows = sum(len(a) for a in column.held)
+                self._columns[name] = _Column(path, column.dtype, column.spilled + rows, [])
         self._held_bytes = 0
 
     def rows(self):

@@ -5,8 +5,10 @@ import pytest
 
 import gc
 import os
+import tempfile
 
 from rectools import metrics
+from rectools.errors import UserError
 from rectools.metrics import Accumulator, Columns, auc, ctr_cvr_report, logloss
 
 
@@ -163,3 +165,13 @@ def test_a_column_changing_dtype_is_refused():
     accumulator.add(p=np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="'p'"):
         accumulator.add(p=np.zeros(3, dtype=np.float64))
+
+
+def test_a_temporary_folder_that_cannot_be_written_is_one_clear_error(small_memory, tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setattr(tempfile, "tempdir", str(blocked))  # where TMPDIR would point
+    with pytest.raises(UserError, match=r"cannot write the epoch's predictions to .*a-file.*point TMPDIR"):
+        epoch_of(Accumulator(), np.random.default_rng(0))
+    with pytest.raises(UserError, match=r"cannot write the AUC's buckets to .*a-file"):
+        auc(np.arange(3000) % 2, np.arange(3000.0))
