@@ -9,8 +9,10 @@ SORT_ROWS of them in memory at once. Memory is the same for an epoch of 200 thou
 as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns).
 """
 import contextlib
+import logging
 import os
 import shutil
+import socket
 import tempfile
 import weakref
 from collections.abc import Mapping
@@ -29,14 +31,54 @@ SPILL_BYTES = 1 << 22  # an Accumulator writes what it holds to disk once it hol
 # ----------------------------------------------------------------------------- AUC
 
 @contextlib.contextmanager
-def _on_disk(what):
+def _on_disk(what, folder=None):
     """Turns an OSError of the temporary folder (not writable, full) into one UserError line."""
     try:
         yield
     except OSError as e:
-        raise UserError(f"cannot write {what} to {e.filename or 'the temporary folder'} ({e.strerror or e}): "
-                        f"point TMPDIR at a writable folder with room (an epoch's predictions take ~18 bytes an "
-                        f"impression)") from None
+        try:
+            folder = folder or tempfile.gettempdir()
+            room = f"; {shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
+        except OSError:  # no usable temporary folder at all
+            room = ""
+        where = e.filename or folder or "the temporary folder"
+        raise UserError(f"cannot write {what} to {where} ({e.strerror or e}{room}): point TMPDIR at a writable "
+                        f"folder with room (an epoch's predictions take ~18 bytes an impression)") from None
+
+
+_HOST = socket.gethostname()
+_swept = False
+
+
+def _temporary_folder(kind):
+    """A new folder under tempfile's folder ($TMPDIR), named rectools-<kind>-<host>-<pid>-<random>.
+    The first call of a process removes the folders of this host's processes that no longer run
+    (a SIGKILL, or a second SIGTERM, leaves one behind), with one log line."""
+    global _swept
+    if not _swept:
+        _swept = True
+        root, gone = tempfile.gettempdir(), 0
+        for name in os.listdir(root):
+            parts = name.split("-", 2)
+            if len(parts) < 3 or parts[0] != "rectools":
+                continue
+            host, pid, _ = parts[2].rsplit("-", 2) if parts[2].count("-") >= 2 else ("", "", "")
+            if host == _HOST and pid.isdigit() and not _running(int(pid)):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                gone += 1
+        if gone:
+            logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s", gone, root)
+    return tempfile.mkdtemp(prefix=f"rectools-{kind}-{_HOST}-{os.getpid()}-")
+
+
+def _running(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's: running
+        pass
+    return True
 
 
 def order_keys(scores):
@@ -105,7 +147,9 @@ def _twice_u(chunks, count, prefix=0):
     if not groups:
         return twice
     record = np.dtype([("key", f"u{key_bits // 8}"), ("hit", bool)])
-    with _on_disk("the AUC's buckets"), tempfile.TemporaryDirectory(prefix="rectools-auc-") as folder:
+    with _on_disk("the AUC's buckets"):
+        folder = _temporary_folder("auc")
+    try:
         for hits, keys in chunks():
             group = group_of[((keys >> shift) & mask).astype(np.intp)]
             kept = np.flatnonzero(group >= 0)
@@ -115,9 +159,10 @@ def _twice_u(chunks, count, prefix=0):
             rows = np.empty(len(kept), dtype=record)
             rows["key"], rows["hit"] = keys[kept], hits[kept]
             starts = np.flatnonzero(np.r_[True, np.diff(group[kept]) != 0])
-            for start, stop in zip(starts, np.r_[starts[1:], len(kept)]):
-                with open(os.path.join(folder, str(group[kept[start]])), "ab") as f:
-                    rows[start:stop].tofile(f)
+            with _on_disk("the AUC's buckets", folder):
+                for start, stop in zip(starts, np.r_[starts[1:], len(kept)]):
+                    with open(os.path.join(folder, str(group[kept[start]])), "ab") as f:
+                        rows[start:stop].tofile(f)
         for g, buckets in enumerate(groups):
             path = os.path.join(folder, str(g))
             n = int((pos[buckets] + neg[buckets]).sum())
@@ -127,7 +172,9 @@ def _twice_u(chunks, count, prefix=0):
                 rows = np.fromfile(path, dtype=record)
                 crossed = int(pos[buckets] @ (np.cumsum(neg[buckets]) - neg[buckets]))
                 twice += _ranked_twice_u(rows["key"], rows["hit"]) - 2 * crossed
-            os.remove(path)
+            os.remove(path)  # its disk back at once
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     return twice
 
 
@@ -320,9 +367,9 @@ class Accumulator(Predictions):
             self._spill()
 
     def _spill(self):
-        with _on_disk("the epoch's predictions"):
+        with _on_disk("the epoch's predictions", self._folder):
             if self._folder is None:
-                self._folder = tempfile.mkdtemp(prefix="rectools-predictions-")
+                self._folder = _temporary_folder("predictions")
                 weakref.finalize(self, shutil.rmtree, self._folder, True)
             for name, column in self._columns.items():
                 path = column.path or os.path.join(self._folder, name)

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 import gc
+import logging
 import os
+import subprocess
+import sys
 import tempfile
 
 from rectools import metrics
@@ -175,3 +178,26 @@ def test_a_temporary_folder_that_cannot_be_written_is_one_clear_error(small_memo
         epoch_of(Accumulator(), np.random.default_rng(0))
     with pytest.raises(UserError, match=r"cannot write the AUC's buckets to .*a-file"):
         auc(np.arange(3000) % 2, np.arange(3000.0))
+
+
+def test_the_first_temporary_folder_of_a_run_clears_what_stopped_runs_of_this_host_left(small_memory, tmp_path,
+                                                                                         monkeypatch, caplog):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(metrics, "_swept", False)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # a process that no longer runs, as one killed with SIGKILL
+    left = {"dead": f"rectools-predictions-{metrics._HOST}-{ended.pid}-k3_x9a2b",
+            "running": f"rectools-auc-{metrics._HOST}-{os.getpid()}-a8d0q1zz",
+            "other host": f"rectools-predictions-elsewhere-{ended.pid}-0a1b2c3d",
+            "not ours": "rectools-notes"}
+    for name in left.values():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pctr").write_bytes(b"\0" * 8)
+    caplog.set_level(logging.INFO)
+    accumulator = Accumulator()
+    epoch_of(accumulator, np.random.default_rng(1))
+    assert not (tmp_path / left["dead"]).exists()
+    assert all((tmp_path / left[k]).exists() for k in ("running", "other host", "not ours"))
+    assert os.path.basename(accumulator._folder).startswith(f"rectools-predictions-{metrics._HOST}-{os.getpid()}-")
+    assert [r.getMessage() for r in caplog.records if "removed" in r.getMessage()] == [
+        f"removed 1 temporary folder(s) of stopped runs from {tmp_path}"]

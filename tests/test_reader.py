@@ -177,6 +177,17 @@ def fixture_bytes(name, shared):
     return (plain[name], True) if name in plain else (irregular[name], False)
 
 
+@pytest.mark.parametrize("byte", [*range(0x10, 0x1a), ord("g"), ord("G"), ord("@"), ord("`"), ord(" ")])
+def test_a_32_byte_column_4_with_a_byte_that_is_no_hex_digit_is_left_to_the_reference(byte):
+    block = b"1,1,0," + MD5[:31].encode() + bytes([byte]) + b",101:5\n"
+    config = model_config([*FIELDS_CONFIG, "runner.cache_dir=none"])
+    fields, vocab = config["hyper_parameters.fields"], config["hyper_parameters.sparse_feature_number"]
+    with pytest.raises(reader_module.Irregular):
+        reader_module.BlockParser(fields, 3, vocab).parse(block)
+    with pytest.raises(DataError, match="column 4 is neither a field:feat token nor a 32-hex-digit md5"):
+        reader_module.LineParser(fields, 3, vocab).parse(block, "x.txt", 1)
+
+
 PARITY_FIXTURES = ["real lines", "md5", "crlf", "blank lines", "truncation", "unknown fields",
                    "fields split in a line", "long and padded numbers", "no features, last line unterminated", "bom",
                    "whitespace-only line", "sample_id of 19 digits", "lone CR", "non-ASCII field",

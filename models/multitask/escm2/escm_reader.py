@@ -583,8 +583,9 @@ class BlockParser:
             md5_start = sep[md5 - 1] + 1
             if np.any(sep[md5] - md5_start != 32):
                 raise Irregular
-            digits = text[md5_start[:, None] + np.arange(32)] | 32  # lower case
-            if not np.all(((digits >= 48) & (digits <= 57)) | ((digits >= 97) & (digits <= 102))):
+            digits = text[md5_start[:, None] + np.arange(32)]
+            letters = digits | 32  # lower case; for letters only, as it would make '0'-'9' of bytes 0x10-0x19
+            if not np.all(((digits >= 48) & (digits <= 57)) | ((letters >= 97) & (letters <= 102))):
                 raise Irregular
         line_tok = np.searchsorted(field, first)  # the first token of each line
         # token k: field name text[sep[field - 1] + 1:colon], id text[colon + 1:end]
