@@ -172,8 +172,8 @@ class ArrayCache:
 
     def _prune(self):
         """Drop entries whose source file is gone (temporary data, moved files)."""
-        try:
-            names = [n for n in os.listdir(self.folder) if not n.startswith(".")]
+        try:  # an entry's name starts with its source's (a dot too); atomic_folder's temporaries end .new/.old
+            names = [n for n in os.listdir(self.folder) if not n.endswith((".new", ".old"))]
         except OSError:
             return
         for name in names:

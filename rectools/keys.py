@@ -10,8 +10,8 @@ RUNNER_KEYS = [
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
     Key("runner.infer_reader_path", "str", None, "reader module used by infer, export checks and predict"),
     Key("runner.cache_dir", "optional_path", None,
-        "where parsed data files are cached (per file, checked against the file's size and mtime); default: "
-        "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none: no cache"),
+        "where parsed data files are cached (per file, checked against the file's size and mtime); unset or null: "
+        "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none or '': no cache"),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
     Key("runner.use_fleet", "bool", False,
         "run as the N processes python -m paddle.distributed.launch starts: each takes every N-th batch; "

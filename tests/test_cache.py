@@ -163,10 +163,12 @@ def test_where_the_cache_folder_is(tmp_path, monkeypatch):
 
 def test_entries_of_files_that_are_gone_are_pruned(tmp_path):
     gone = write_lines(str(tmp_path / "data" / "gone.txt"), lines(10))
+    hidden = write_lines(str(tmp_path / "data" / ".hidden-gone.txt"), lines(10))  # a dot-named source too
     kept = write_lines(str(tmp_path / "data" / "kept.txt"), lines(10))
-    read_all(dataset([gone, kept], tmp_path / "cache"))
-    assert len(os.listdir(tmp_path / "cache")) == 2
+    read_all(dataset([gone, hidden, kept], tmp_path / "cache"))
+    assert len(os.listdir(tmp_path / "cache")) == 3
     os.unlink(gone)
+    os.unlink(hidden)
     read_all(dataset([write_lines(str(tmp_path / "data" / "new.txt"), lines(5))], tmp_path / "cache"))
     names = sorted(name.split(".")[0] for name in os.listdir(tmp_path / "cache"))
     assert names == ["kept", "new"]

@@ -119,6 +119,8 @@ def test_evaluation_needs_the_training_files(files, tmp_path):
     ([HEADER, "0,0,1,1,1,0.5", "0,0,1,2.0,1,0.5"], ":3: 205 is not an integer: '2.0'"),
     ([HEADER, "0,0,1,1,1,0.5", "\r", "0,0,x,1,1,0.5"], ":4: 101 is not an integer: 'x'"),
     ([HEADER, "0,0,1,,1,0.5"], ":2: 205 is not an integer: ''"),
+    ([HEADER, "0,0,1,1,1,0.5", "0,0,1,1,1,0.5", "0,0,7_0,1,1,0.5"], ":4: 101 is not an integer: '7_0'"),  # int() takes it
+    ([HEADER, "0,0,1,1,1,0.5", "0,0,1,1,1,0.5", "0,0,7,\r2,1,0.5"], ":4: 205 is not an integer: '\\r2'"),
     ([HEADER, "0,0,1,1,1,0.5", "2,0,1,1,1,0.5"], ":3: click must be 0 or 1, got 2"),
     ([HEADER, "0,1,1,1,1,0.5"], ":2: purchase=1 on an impression with click=0"),
     ([HEADER, "0,0,1,1,1,0.5", "", "1,0,1,-3,1,0.5"], ":4: ids must be integers in [0, 2147483647], got -3"),

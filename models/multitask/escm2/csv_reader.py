@@ -28,6 +28,7 @@ first pass, and later passes and runs read the arrays. Files ending in .gz are r
 """
 import io
 import logging
+import re
 
 import numpy as np
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 LABELS = ("click", "purchase")
 BLOCK_BYTES = 1 << 20  # parse granularity: ~10k rows; larger blocks fall out of the CPU caches
 MAX_ID = 2 ** 31 - 1   # ids are kept as int32 between parsing and batching
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # what loadtxt reads as an integer (with spaces or tabs around)
 PARSER_VERSION = 1  # part of the cache key: bump whenever the parsed arrays or the summary change
 
 
@@ -140,10 +142,8 @@ def _locate(block, line_no, names, columns, path, error):
     for offset, line in enumerate(block.decode("latin-1").split("\n"), 1):
         cols = line.rstrip("\r").split(",")
         for c in columns if len(cols) > 1 else ():
-            try:
-                int(cols[c])
-            except ValueError:
-                raise DataError(path, line_no + offset, f"{names[c]} is not an integer: {cols[c][:40]!r}") from None
+            if not _INTEGER.fullmatch(cols[c].strip(" \t")):  # stricter than int(), which takes 7_0 and 2\r
+                raise DataError(path, line_no + offset, f"{names[c]} is not an integer: {cols[c][:40]!r}")
     raise DataError(path, line_no + 1, f"cannot parse the lines from here on: {error}")
 
 
