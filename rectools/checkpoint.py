@@ -197,10 +197,17 @@ def check_fits(model_shapes, state, folder, key, hint=()):
                               f"{list(np.shape(state[name]))}, the model {list(shape)}")
 
 
-def load_checkpoint(engine, folder, key, with_optimizer):
+def load_checkpoint(engine, folder, key, with_optimizer, layout=None):
     """Parameters (and the optimizer state of a checkpoint of the same graph mode) into `engine`
-    (rectools.engines); returns the checkpoint's epoch."""
+    (rectools.engines); returns the checkpoint's epoch. `layout`: the reader's id layout of the
+    data (rectools.contract.Reader.layout); a ConfigError when the checkpoint recorded another."""
     content = manifest(folder, key)
+    saved = content.get("layout")
+    if layout is not None and saved is not None and saved != layout:
+        differ = sorted(k for k in set(saved) | set(layout) if saved.get(k) != layout.get(k))
+        raise ConfigError(f"{key}: {folder} was trained with the reader's id layout {_brief(saved, differ)}, but the "
+                          f"data now gives {_brief(layout, differ)} (did the training files change?): its ids would "
+                          f"reach other embedding rows; train again, or use the training files it was trained on")
     engine.set_parameters(load_arrays(os.path.join(folder, PARAMS), key), folder, key)
     if with_optimizer and os.path.isfile(os.path.join(folder, OPT_STATE)):
         if content.get("mode") == engine.mode:
@@ -209,6 +216,10 @@ def load_checkpoint(engine, folder, key, with_optimizer):
             log.info("%s was saved in %s mode: its optimizer state does not apply in %s mode and starts afresh",
                      folder, content.get("mode"), engine.mode)
     return content["epoch"]
+
+
+def _brief(layout, keys):
+    return ", ".join(f"{k}={json.dumps(layout.get(k))[:300]}" for k in keys)
 
 
 def write_checkpoint(engine, folder, export=None):

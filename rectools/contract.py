@@ -58,6 +58,14 @@ class Reader(ABC):
     def chunks(self) -> Iterator[Arrays]:
         """One pass over every file: dicts of arrays sharing their first dimension."""
 
+    def layout(self) -> Optional[dict]:
+        """Optional: what maps the data's values to the model's ids beyond the config (JSON-able),
+        when the reader learns it from the data (e.g. the column-CSV reader's field sizes, from the
+        training files), else None, which this default returns. A checkpoint records it, and one
+        whose layout differs from the data's is refused when loaded, since its ids would reach
+        other embedding rows."""
+        return None
+
     def size(self) -> Optional[int]:
         """Optional: the samples of one pass (int), when known cheaply (e.g. from parsed files'
         cache entries), else None, which this default returns. Only progress lines use it, for an

@@ -142,7 +142,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
     first_epoch = 0
     if config["runner.model_init_path"]:
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
-                                                 "runner.model_init_path", True) + 1
+                                                 "runner.model_init_path", True, dataset.layout()) + 1
     metrics_file = os.path.join(save_root, records.TRAIN)
     run = records.new_run()
     curves, earlier = None, []
@@ -178,7 +178,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
         if group.main:
             saved = checkpoint.save(save_root, epoch,
                                     lambda folder: checkpoint.write_checkpoint(engine, folder, export),
-                                    mode=engine.mode, run=run, record=records.clean(record))
+                                    mode=engine.mode, run=run, record=records.clean(record), layout=dataset.layout())
             records.put(metrics_file, record)
             log.info("saved checkpoint %s", saved)  # once its line is in the records too
         done.append(record)
@@ -217,7 +217,7 @@ def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
     curves = curves_for(config, "infer", records.new_run()) if group.main else None
     results = []
     for epoch, folder in zip(epochs, folders):
-        checkpoint.load_checkpoint(engine, folder, "runner.infer_load_path", False)
+        checkpoint.load_checkpoint(engine, folder, "runner.infer_load_path", False, dataset.layout())
         record, predictions = run_epoch(engine, engine.eval_step, dataset, batch_size, epoch,
                                         config["runner.print_interval"], shard, gather, group, curves=curves)
         record = {"epoch": epoch, "run": records.checkpoint_run(folder), **record}  # which training run's

@@ -178,6 +178,10 @@ class RecDataset(Reader):
                  dict(zip(self.fields, self.sizes.tolist())), len(train_files), needed, table)
         self.reported = set()  # files whose ignored columns and unseen ids were logged: once per file
 
+    def layout(self):
+        """The field sizes the ids are numbered by (rectools.contract.Reader.layout)."""
+        return {f"size of field {f}": n for f, n in zip(self.fields, self.sizes.tolist())}
+
     def _parsed(self, path):
         """Generator of the file's parsed blocks (from its cache entry, else its text); returns its summary."""
         return self.cache.chunks(path, lambda source: parse_file(source, self.fields), self.chunk_lines)
