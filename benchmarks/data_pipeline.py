@@ -19,7 +19,7 @@ For each file size (default 200,000 lines, then 1,000,000 to show that memory do
    Memory: the peak RSS of the trainer process (its own high-water mark), and the peak of the summed
    PSS of the trainer and its parse workers (sampled every 0.1 s; PSS splits shared pages fairly
    between the forked workers and the trainer). The reader's own peak RSS is measured alone too.
-   An epoch's predictions (18 bytes an impression) go to a temporary folder and the exact AUC
+   An epoch's predictions (18 bytes an impression on disk) go to a temporary folder and the exact AUC
    ranks them in bounded memory (rectools.metrics), so no figure should grow with the file.
 Every figure shares the machine with whatever else runs: compare rows of one run.
 """

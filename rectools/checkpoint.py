@@ -202,12 +202,7 @@ def load_checkpoint(engine, folder, key, with_optimizer, layout=None):
     (rectools.engines); returns the checkpoint's epoch. `layout`: the reader's id layout of the
     data (rectools.contract.Reader.layout); a ConfigError when the checkpoint recorded another."""
     content = manifest(folder, key)
-    saved = content.get("layout")
-    if layout is not None and saved is not None and saved != layout:
-        differ = sorted(k for k in set(saved) | set(layout) if saved.get(k) != layout.get(k))
-        raise ConfigError(f"{key}: {folder} was trained with the reader's id layout {_brief(saved, differ)}, but the "
-                          f"data now gives {_brief(layout, differ)} (did the training files change?): its ids would "
-                          f"reach other embedding rows; train again, or use the training files it was trained on")
+    check_layout(content.get("layout"), layout, folder, key)
     engine.set_parameters(load_arrays(os.path.join(folder, PARAMS), key), folder, key)
     if with_optimizer and os.path.isfile(os.path.join(folder, OPT_STATE)):
         if content.get("mode") == engine.mode:
@@ -218,8 +213,19 @@ def load_checkpoint(engine, folder, key, with_optimizer, layout=None):
     return content["epoch"]
 
 
-def _brief(layout, keys):
-    return ", ".join(f"{k}={json.dumps(layout.get(k))[:300]}" for k in keys)
+def check_layout(saved, layout, folder, key):
+    """A ConfigError naming `key` when the reader's id layout a model was trained with (`saved`,
+    recorded with its checkpoint or export) differs from the data's (`layout`,
+    rectools.contract.Reader.layout); nothing when either is None."""
+    if layout is None or saved is None or saved == layout:
+        return
+    differ = sorted(k for k in set(saved) | set(layout) if saved.get(k) != layout.get(k))
+
+    def brief(values):
+        return ", ".join(f"{k}={json.dumps(values.get(k))[:300]}" for k in differ)
+    raise ConfigError(f"{key}: {folder} was trained with the reader's id layout {brief(saved)}, but the data now "
+                      f"gives {brief(layout)} (did the training files change?): its ids would reach other embedding "
+                      f"rows; train again, or use the training files it was trained on")
 
 
 def write_checkpoint(engine, folder, export=None):

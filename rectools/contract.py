@@ -97,7 +97,8 @@ class DygraphModel(ABC):
     def summarize_metrics(self, predictions: Mapping) -> Dict[str, float]:
         """Epoch metrics (AUCs, log-losses, counts) from an epoch's predictions, as Predictions.arrays()
         returns them (sample_id included; a rectools.metrics.Columns, whose chunks() keep memory
-        bounded however long the epoch), or a dict of arrays, the union of several processes'."""
+        bounded however long the epoch; with several processes, the union of theirs). A mapping of
+        name -> 1-D array is all it may assume."""
 
 
 @dataclass
@@ -182,4 +183,4 @@ def check_model_folder(package, config) -> List[str]:
     return problems
 
 
-Gather = Callable[[Arrays], Arrays]  # an epoch's predictions of this process -> those of every process
+Gather = Callable[[Mapping], Mapping]  # an epoch's predictions of this process -> every process's (a Columns)

@@ -32,8 +32,9 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
     """One pass of `step` (engine.train_step or engine.eval_step) over this shard of `dataset`.
 
     Returns (record, predictions): the epoch's record (epoch, mean loss terms per sample, seconds,
-    ips, and the model's metrics over the gathered predictions) and the predictions themselves,
-    {name: 1-D array} with `sample_id`, in batch order. Progress lines show the epoch's mean loss
+    ips, and the model's metrics over the gathered predictions) and the predictions themselves, a
+    rectools.metrics.Columns (name -> 1-D array, read from a temporary folder; `sample_id`
+    included), in batch order. Progress lines show the epoch's mean loss
     terms so far and the AUCs of the batches since the last line; `curves` (rectools.records.Curves)
     gets the loss terms and AUCs of those batches at each line and the epoch's at its end.
     With `lockstep` (training on several processes) the steps run in group.lockstep's rounds; loss
@@ -162,7 +163,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
     if config["runner.use_inference"]:
         from .serving import export as export_model
         export = lambda params, folder: export_model(config, package, params,  # noqa: E731
-                                                     os.path.join(folder, checkpoint.INFERENCE_DIR))
+                                                     os.path.join(folder, checkpoint.INFERENCE_DIR), dataset.layout())
     done = []
     for epoch in range(first_epoch, config["runner.epochs"]):
         record, _ = run_epoch(engine, engine.train_step, dataset, batch_size, epoch, config["runner.print_interval"],
@@ -196,11 +197,12 @@ def _epochs(epochs):
     return ", ".join(map(str, epochs))
 
 
-def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
+def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL, keep_predictions=False):
     """tools/infer.py and tools/static_infer.py: evaluates the checkpoints of epochs infer_start_epoch
     .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each (replacing the line of
     an epoch evaluated before; `run` names the training run of the checkpoint evaluated).
-    Returns [(record, predictions)] per epoch (see run_epoch). shard and gather default to
+    Returns [(record, predictions)] per epoch (see run_epoch; predictions None unless
+    `keep_predictions`, since each epoch's stay in the temporary folder while kept). shard and gather default to
     `group`'s: every rank evaluates its shard and returns the metrics and predictions of all; rank
     0 alone writes the records."""
     config.require("runner.test_data_dir", by="infer")
@@ -224,7 +226,8 @@ def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL)
         log_record("infer epoch", record)
         if group.main:
             records.put(metrics_file, record)  # an epoch evaluated again replaces its line
-        results.append((record, predictions))
+        results.append((record, predictions if keep_predictions else None))
+        del predictions  # its temporary folder goes now, not when the last epoch is done
     if curves is not None:
         curves.close()
     return results

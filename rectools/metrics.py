@@ -6,7 +6,8 @@ exact (no threshold buckets, so the tiny pCTCVR values of conversion data keep t
 distribution sort: a histogram of the scores' leading bits orders every pair of items in
 different buckets, and only the items of buckets holding both classes are ranked, at most
 SORT_ROWS of them in memory at once. Memory is the same for an epoch of 200 thousand impressions
-as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns).
+as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns), ~26 while
+the AUCs run (their buckets' files).
 """
 import contextlib
 import logging
@@ -43,7 +44,7 @@ def _on_disk(what, folder=None):
             room = ""
         where = e.filename or folder or "the temporary folder"
         raise UserError(f"cannot write {what} to {where} ({e.strerror or e}{room}): point TMPDIR at a writable "
-                        f"folder with room (an epoch's predictions take ~18 bytes an impression)") from None
+                        f"folder with room (an epoch's predictions take ~26 bytes an impression at its end)") from None
 
 
 _HOST = socket.gethostname()
@@ -84,11 +85,14 @@ def _running(pid):
 def order_keys(scores):
     """Unsigned integers [n] that order as the float `scores` [n] do: the IEEE 754 bit patterns
     with the sign folded (as wide as the float; integers and bools are ranked as float64), -0.0
-    taken as 0.0. NaN ranks above +inf."""
+    taken as 0.0. Every NaN (of either sign bit: arithmetic gives negative ones) ranks above +inf,
+    tied with the others."""
     scores = np.asarray(scores)
     if scores.dtype.kind != "f":
         scores = scores.astype(np.float64)
-    bits = np.add(scores, 0, dtype=scores.dtype).view(f"u{scores.itemsize}")  # + 0: -0.0 becomes 0.0
+    scores = np.add(scores, 0, dtype=scores.dtype)  # + 0: -0.0 becomes 0.0
+    scores[np.isnan(scores)] = np.nan  # one positive NaN
+    bits = scores.view(f"u{scores.itemsize}")
     top = bits.dtype.type(1 << (8 * scores.itemsize - 1))
     return np.where(bits >= top, ~bits, bits | top)
 
@@ -354,13 +358,17 @@ class Accumulator(Predictions):
         self._folder = None
 
     def add(self, **arrays):
-        for name, value in arrays.items():
-            array = np.array(value).reshape(-1)  # a copy: the caller's buffer may be reused
+        """Append one batch's arrays (each flattened to 1-D, copied). ValueError, with nothing
+        added, when a name's dtype differs from its earlier batches'."""
+        arrays = {name: np.array(value).reshape(-1) for name, value in arrays.items()}  # copies: buffers get reused
+        for name, array in arrays.items():
+            column = self._columns.get(name)
+            if column is not None and array.dtype != column.dtype:
+                raise ValueError(f"predictions {name!r}: a batch of {array.dtype} after batches of {column.dtype}")
+        for name, array in arrays.items():
             column = self._columns.get(name)
             if column is None:
                 column = self._columns[name] = _Column(None, array.dtype, 0, [])
-            elif array.dtype != column.dtype:
-                raise ValueError(f"predictions {name!r}: a batch of {array.dtype} after batches of {column.dtype}")
             column.held.append(array)  # a Columns handed out before reads only the rows it had
             self._held_bytes += array.nbytes
         if self._held_bytes >= SPILL_BYTES:

@@ -25,12 +25,19 @@ def serving_module(package):
     return model_module(package, "serving", "runner.model_dir")
 
 
-def export(config, package, params, out_dir):
+LAYOUT = "layout.json"  # beside an export: the reader's id layout it was trained with, when the reader has one
+
+
+def export(config, package, params, out_dir, layout=None):
     """The model folder's inference model of its dygraph net with `params` ({checkpoint name:
-    array}), written into out_dir by its serving.export."""
+    array}), written into out_dir by its serving.export; with `layout` (the reader's id layout of
+    the training data, rectools.contract.Reader.layout) also LAYOUT, which predict checks."""
     with dygraph_mode():
         net = dygraph_network(config, package, params)[1]
         serving_module(package).export(net, config, out_dir)
+    if layout is not None:
+        with open(os.path.join(out_dir, LAYOUT), "w") as f:
+            json.dump(layout, f, indent=1)
 
 
 def _rename_outputs(node, names):
@@ -63,14 +70,15 @@ def last_epoch_folder(config, key):
 def export_checkpoint(config, package):
     """tools/export.py: a checkpoint's inference model, written whole or not at all."""
     source = config["runner.export_checkpoint"] or last_epoch_folder(config, "runner.export_checkpoint")
-    checkpoint.manifest(source, "runner.export_checkpoint")
+    layout = checkpoint.manifest(source, "runner.export_checkpoint").get("layout")
     target = config["runner.export_dir"] or os.path.join(source, checkpoint.INFERENCE_DIR)
     serving = serving_module(package)
-    if os.path.exists(target) and not set(os.listdir(target)) <= {serving.MODEL, serving.PARAMS, serving.SIGNATURE}:
+    if os.path.exists(target) and not set(os.listdir(target)) <= {serving.MODEL, serving.PARAMS, serving.SIGNATURE,
+                                                                  LAYOUT}:
         raise ConfigError(f"runner.export_dir: {target} exists and is not an exported model: not replacing it")
     params = checkpoint.load_arrays(os.path.join(source, checkpoint.PARAMS), "runner.export_checkpoint")
     with checkpoint.atomic_folder(target) as tmp:
-        export(config, package, params, tmp)
+        export(config, package, params, tmp, layout)
     log.info("exported %s to %s", source, target)
     return target
 
@@ -127,6 +135,9 @@ def predict(config, package, group=LOCAL):
     data_key = "runner.predict_data_dir" if config["runner.predict_data_dir"] else "runner.test_data_dir"
     config.require(data_key, by="predict")
     dataset = reader(config, package, data_key, "runner.infer_reader_path")
+    if os.path.isfile(os.path.join(model_dir, LAYOUT)):
+        with open(os.path.join(model_dir, LAYOUT)) as f:
+            checkpoint.check_layout(json.load(f), dataset.layout(), model_dir, "runner.inference_model_dir")
     output = config["runner.predict_output"] or os.path.join(config["runner.model_save_path"], "predictions.csv")
     if os.path.isdir(output):
         raise ConfigError(f"runner.predict_output: {output} is a folder; name the file to write")

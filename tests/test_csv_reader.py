@@ -193,6 +193,8 @@ def test_config_csv_trains_and_evaluates_with_the_tools(tmp_path):
         records = [json.loads(line) for line in f]
     assert [r["epoch"] for r in records] == [0, 1] and all(r["samples"] == 1000 for r in records)
     assert records[1]["auc_ctr"] > 0.6  # clicks depend on field 205: learnt through its own id range
+    exported = run_tool("export.py", "-m", CONFIG, *overrides, cwd=str(tmp_path))
+    assert exported.returncode == 0, exported.stdout[-2000:] + exported.stderr[-2000:]
     # training files that grew a larger id since: the checkpoints' ids would reach other rows
     with open(tmp_path / "data" / "train" / "ali_ccp_train.csv", "a") as f:
         f.write(",".join(["0", "0", "40"] + ["1"] * 22 + ["0.5", "0.5"]) + "\n")
@@ -201,6 +203,10 @@ def test_config_csv_trains_and_evaluates_with_the_tools(tmp_path):
     assert infer.stderr.startswith("error: runner.infer_load_path: ") and (
         "was trained with the reader's id layout size of field 101=30, but the data now gives size of field "
         "101=41 (did the training files change?)") in infer.stderr, infer.stderr
+    predict = run_tool("predict.py", "-m", CONFIG, *overrides, cwd=str(tmp_path))  # the export recorded it too
+    assert predict.returncode == 2 and predict.stderr.startswith("error: runner.inference_model_dir: ")
+    assert "size of field 101=30, but the data now gives size of field 101=41" in predict.stderr
+    assert not (tmp_path / "out" / "predictions.csv").exists()
 
 
 def test_bad_data_stops_the_trainer_with_one_line(tmp_path):

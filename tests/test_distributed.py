@@ -261,18 +261,24 @@ def test_an_epoch_gathered_in_rounds_is_whole_and_in_order(monkeypatch, ranks):
     mine = [metrics.Accumulator() for _ in range(ranks)]
     for b, lo in enumerate(range(0, n, batch)):
         mine[b % ranks].add(sample_id=np.arange(lo, min(lo + batch, n)), p=scores[lo:lo + batch])
-    slots, barrier = [None] * ranks, threading.Barrier(ranks)
+    slots, barrier = [None] * ranks, threading.Barrier(ranks, timeout=60)  # a rank that fails frees the others
     gathered = [None] * ranks
 
     def run(rank):
-        gathered[rank] = ThreadedRanks(rank, ranks, slots, barrier).gather(batch)(mine[rank].arrays())
+        try:
+            gathered[rank] = ThreadedRanks(rank, ranks, slots, barrier).gather(batch)(mine[rank].arrays())
+        except BaseException as e:
+            gathered[rank] = e
+            barrier.abort()
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(ranks)]
+    threads = [threading.Thread(target=run, args=(r,), daemon=True) for r in range(ranks)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(90)
     for columns in gathered:
+        if isinstance(columns, BaseException):
+            raise columns
         assert isinstance(columns, metrics.Columns) and columns.rows == n
         np.testing.assert_array_equal(columns["sample_id"], np.arange(n))
         np.testing.assert_array_equal(columns["p"], scores)

@@ -115,6 +115,15 @@ def test_auc_beyond_the_memory_budget_is_the_same_exact_figure(small_memory, kin
     assert auc(labels[:50], scores[:50]) == pytest.approx(pairwise_auc(labels[:50], scores[:50]), abs=1e-12)
 
 
+def test_every_nan_score_ranks_above_every_number_tied_with_the_others():
+    negative_nan = np.copysign(np.nan, -1.0)  # the NaN arithmetic gives on x86 (inf - inf), unlike np.nan
+    scores = np.array([np.nan, 0.1, 0.8, 0.2, negative_nan, np.inf])
+    labels = np.array([1, 0, 1, 0, 0, 1])
+    expected = pairwise_auc(labels, [9.0, 0.1, 0.8, 0.2, 9.0, 5.0])  # the NaNs: one value above all
+    assert auc(labels, scores) == pytest.approx(expected)
+    assert auc(labels, scores.astype(np.float32)) == pytest.approx(expected)
+
+
 def test_logloss_takes_soft_labels():
     p = np.array([0.2, 0.7])
     y = np.array([0.1, 0.6])
@@ -163,11 +172,13 @@ def test_an_epoch_spilled_to_disk_reads_back_whole_and_its_files_go_with_it(smal
     assert not os.path.exists(folder)
 
 
-def test_a_column_changing_dtype_is_refused():
+def test_a_column_changing_dtype_is_refused_and_nothing_of_the_batch_added():
     accumulator = Accumulator()
-    accumulator.add(p=np.zeros(3, dtype=np.float32))
+    accumulator.add(a=np.zeros(3, dtype=np.int8), p=np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="'p'"):
-        accumulator.add(p=np.zeros(3, dtype=np.float64))
+        accumulator.add(a=np.zeros(3, dtype=np.int8), p=np.zeros(3, dtype=np.float64))
+    columns = accumulator.arrays()
+    assert len(columns["a"]) == len(columns["p"]) == 3
 
 
 def test_a_temporary_folder_that_cannot_be_written_is_one_clear_error(small_memory, tmp_path, monkeypatch):

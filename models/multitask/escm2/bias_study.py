@@ -190,7 +190,7 @@ def run_one(job):
     config["runner.infer_end_epoch"] = config["runner.epochs"]
     start = time.perf_counter()
     loops.train(config, package, job["mode_graph"])
-    ((_, predictions),) = loops.infer(config, package, job["mode_graph"])
+    ((_, predictions),) = loops.infer(config, package, job["mode_graph"], keep_predictions=True)
     truth = read_truth(os.path.join(data, "truth", next(n for n in os.listdir(os.path.join(data, "truth"))
                                                         if n.startswith("test"))))
     if not np.array_equal(predictions["sample_id"], truth["sample_id"].astype(np.int64)):
