@@ -10,11 +10,13 @@ as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns
 the AUCs run (their buckets' files).
 """
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import time
 import weakref
 from collections.abc import Mapping
 
@@ -48,38 +50,46 @@ def _on_disk(what, folder=None):
 
 
 _HOST = socket.gethostname()
+_LOCK = ".lock"  # in each temporary folder, flock-ed by its process as long as it lives
 _swept = False
 
 
 def _temporary_folder(kind):
-    """A new folder under tempfile's folder ($TMPDIR), named rectools-<kind>-<host>-<pid>-<random>.
-    The first call of a process removes the folders of this host's processes that no longer run
-    (a SIGKILL, or a second SIGTERM, leaves one behind), with one log line."""
+    """(a new folder under tempfile's folder ($TMPDIR), named rectools-<kind>-<host>-<pid>-<random>,
+    its lock: an open file the caller closes when it removes the folder). The first call of a
+    process removes the folders whose process is gone (a SIGKILL, or a second SIGTERM, leaves one
+    behind), with one log line: their lock is free (the kernel drops a process's locks when it
+    ends, whatever the host or container) and older than a minute (never a folder being made)."""
     global _swept
     if not _swept:
         _swept = True
-        root, gone = tempfile.gettempdir(), 0
-        for name in os.listdir(root):
-            parts = name.split("-", 2)
-            if len(parts) < 3 or parts[0] != "rectools":
-                continue
-            host, pid, _ = parts[2].rsplit("-", 2) if parts[2].count("-") >= 2 else ("", "", "")
-            if host == _HOST and pid.isdigit() and not _running(int(pid)):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                gone += 1
+        root = tempfile.gettempdir()
+        gone = [name for name in os.listdir(root) if name.startswith("rectools-") and _abandoned(os.path.join(root, name))]
+        for name in gone:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         if gone:
-            logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s", gone, root)
-    return tempfile.mkdtemp(prefix=f"rectools-{kind}-{_HOST}-{os.getpid()}-")
+            logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s", len(gone), root)
+    folder = tempfile.mkdtemp(prefix=f"rectools-{kind}-{_HOST}-{os.getpid()}-")
+    lock = open(os.path.join(folder, _LOCK), "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return folder, lock
 
 
-def _running(pid):
+def _abandoned(folder):
+    path = os.path.join(folder, _LOCK)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        if time.time() - os.stat(path).st_mtime < 60:
+            return False
+        with open(path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when f closes
+    except OSError:  # held (its process runs), or no lock file: not ours to remove
         return False
-    except OSError:  # another user's: running
-        pass
     return True
+
+
+def _remove(folder, lock):
+    lock.close()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def order_keys(scores):
@@ -152,7 +162,7 @@ def _twice_u(chunks, count, prefix=0):
         return twice
     record = np.dtype([("key", f"u{key_bits // 8}"), ("hit", bool)])
     with _on_disk("the AUC's buckets"):
-        folder = _temporary_folder("auc")
+        folder, lock = _temporary_folder("auc")
     try:
         for hits, keys in chunks():
             group = group_of[((keys >> shift) & mask).astype(np.intp)]
@@ -178,7 +188,7 @@ def _twice_u(chunks, count, prefix=0):
                 twice += _ranked_twice_u(rows["key"], rows["hit"]) - 2 * crossed
             os.remove(path)  # its disk back at once
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        _remove(folder, lock)
     return twice
 
 
@@ -377,8 +387,8 @@ class Accumulator(Predictions):
     def _spill(self):
         with _on_disk("the epoch's predictions", self._folder):
             if self._folder is None:
-                self._folder = _temporary_folder("predictions")
-                weakref.finalize(self, shutil.rmtree, self._folder, True)
+                self._folder, lock = _temporary_folder("predictions")
+                weakref.finalize(self, _remove, self._folder, lock)
             for name, column in self._columns.items():
                 path = column.path or os.path.join(self._folder, name)
                 with open(path, "ab") as f:

@@ -3,12 +3,12 @@ import itertools
 import numpy as np
 import pytest
 
+import fcntl
 import gc
 import logging
 import os
-import subprocess
-import sys
 import tempfile
+import time
 
 from rectools import metrics
 from rectools.errors import UserError
@@ -149,7 +149,7 @@ def test_an_epoch_spilled_to_disk_reads_back_whole_and_its_files_go_with_it(smal
     accumulator = Accumulator()
     expected = epoch_of(accumulator, np.random.default_rng(5))
     folder = accumulator._folder
-    assert folder and sorted(os.listdir(folder)) == sorted(expected)  # it did spill, one file a column
+    assert folder and sorted(os.listdir(folder)) == sorted([*expected, ".lock"])  # it did spill, a file a column
     columns = accumulator.arrays()
     assert columns.rows == len(expected["sample_id"]) and sorted(columns) == sorted(expected)
     for name, values in expected.items():
@@ -191,24 +191,36 @@ def test_a_temporary_folder_that_cannot_be_written_is_one_clear_error(small_memo
         auc(np.arange(3000) % 2, np.arange(3000.0))
 
 
-def test_the_first_temporary_folder_of_a_run_clears_what_stopped_runs_of_this_host_left(small_memory, tmp_path,
-                                                                                         monkeypatch, caplog):
+def test_the_first_temporary_folder_of_a_run_clears_what_stopped_runs_left(small_memory, tmp_path, monkeypatch,
+                                                                           caplog):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(metrics, "_swept", False)
-    ended = subprocess.Popen([sys.executable, "-c", "pass"])
-    ended.wait()  # a process that no longer runs, as one killed with SIGKILL
-    left = {"dead": f"rectools-predictions-{metrics._HOST}-{ended.pid}-k3_x9a2b",
-            "running": f"rectools-auc-{metrics._HOST}-{os.getpid()}-a8d0q1zz",
-            "other host": f"rectools-predictions-elsewhere-{ended.pid}-0a1b2c3d",
-            "not ours": "rectools-notes"}
-    for name in left.values():
+    hour_ago = time.time() - 3600
+    held = []
+
+    def left(name, locked=False, age=hour_ago, lock=True):
         (tmp_path / name).mkdir()
         (tmp_path / name / "pctr").write_bytes(b"\0" * 8)
+        if lock:
+            f = open(tmp_path / name / ".lock", "w")
+            if locked:  # by a process that still runs (here, an open file of this one)
+                fcntl.flock(f, fcntl.LOCK_EX)
+                held.append(f)
+            else:
+                f.close()
+            os.utime(tmp_path / name / ".lock", (age, age))
+        return tmp_path / name
+
+    dead = left("rectools-predictions-host-123-k3x9a2b")  # its process was killed: its lock is free
+    running = left("rectools-auc-host-456-a8d0q1zz", locked=True)
+    starting = left("rectools-predictions-host-789-0a1b2c3d", age=time.time())  # its process is about to lock it
+    unlocked = left("rectools-notes", lock=False)
     caplog.set_level(logging.INFO)
     accumulator = Accumulator()
     epoch_of(accumulator, np.random.default_rng(1))
-    assert not (tmp_path / left["dead"]).exists()
-    assert all((tmp_path / left[k]).exists() for k in ("running", "other host", "not ours"))
+    assert not dead.exists() and running.exists() and starting.exists() and unlocked.exists()
     assert os.path.basename(accumulator._folder).startswith(f"rectools-predictions-{metrics._HOST}-{os.getpid()}-")
     assert [r.getMessage() for r in caplog.records if "removed" in r.getMessage()] == [
         f"removed 1 temporary folder(s) of stopped runs from {tmp_path}"]
+    for f in held:
+        f.close()
