@@ -211,18 +211,13 @@ def _auc(chunks, n_pos, n_neg):
     return _twice_u(keyed, n_pos + n_neg) / (2.0 * n_pos * n_neg)
 
 
-def _slices(*arrays):
-    """Chunks of CHUNK_ROWS rows of equal-length in-memory arrays."""
-    return lambda: (tuple(a[i:i + CHUNK_ROWS] for a in arrays) for i in range(0, len(arrays[0]), CHUNK_ROWS))
-
-
 def auc(labels, scores):
     """Rank-based ROC AUC (the Mann-Whitney U over n_pos * n_neg) of `scores` ([n], any real
     dtype, ranked as given) for 0/1 `labels` [n]; tied scores count half. NaN when one class is
     absent. Exact; memory bounded by SORT_ROWS beyond the inputs."""
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    n_pos = int(np.count_nonzero(labels))
-    return _auc(_slices(labels, scores), n_pos, labels.size - n_pos)
+    columns = Columns.of({"labels": labels, "scores": scores})
+    n_pos = int(np.count_nonzero(columns["labels"]))
+    return _auc(lambda: columns.chunks("labels", "scores"), n_pos, columns.rows - n_pos)
 
 
 # ----------------------------------------------------------------------------- the other figures
@@ -398,12 +393,12 @@ class Accumulator(Predictions):
                 self._columns[name] = _Column(path, column.dtype, column.spilled + rows, [])
         self._held_bytes = 0
 
-    def rows(self):
+    def _rows(self):
         """Rows collected so far (of the longest column)."""
         return max((c.spilled + sum(len(a) for a in c.held) for c in self._columns.values()), default=0)
 
     def arrays(self, last_rows=None):
         """A Columns of every row so far, or of the last `last_rows` rows."""
-        stop = self.rows()
+        stop = self._rows()
         start = 0 if last_rows is None else max(stop - last_rows, 0)
         return Columns(dict(self._columns), start, stop, self)
