@@ -62,7 +62,7 @@ def step_worker(data, cache, out, steps=12):
     from rectools import distributed, engines, model_loader
     from rectools.data import epoch_batches, reader
     from rectools.metrics import Accumulator
-    fleet = int(os.environ.get(distributed.LAUNCHED, "1")) > 1
+    fleet = distributed.launched_processes() > 1
     config, package = model_loader.load(CONFIG, [f"runner.train_data_dir={data}/train", f"runner.cache_dir={cache}",
                                                  f"runner.use_fleet={fleet}", *SETTINGS])
     group = distributed.group(config)

@@ -26,6 +26,12 @@ GLOG_LEVEL = "2"  # ERROR and above
 # instruction set); MKL_DEBUG_CPU_TYPE=5 makes it take its AVX2 code, which multiplies ~2x faster on
 # these CPUs with the same results. MKL reads it when Paddle's library loads.
 MKL_CPU_TYPE = "MKL_DEBUG_CPU_TYPE"
+LAUNCHED = "PADDLE_TRAINERS_NUM"  # set by paddle.distributed.launch: the number of processes of the job
+
+
+def launched_processes():
+    """The number of processes paddle.distributed.launch started for this job (1 outside one)."""
+    return int(os.environ.get(LAUNCHED, "1") or 1)
 
 
 def mkl_avx2_on_amd(cpuinfo="/proc/cpuinfo", environ=os.environ):
@@ -178,8 +184,8 @@ def load_paddle():
     Paddle's import also installs a C++ SIGTERM handler (a crash report, then death): the one of
     handle_stop_signals, when installed, is put back before the signals are let through. Before the
     import, MKL is pointed at its AVX2 code on AMD CPUs (mkl_avx2_on_amd), with a log line."""
-    launched = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1) > 1  # a leftover rank alone says nothing
-    if mkl_avx2_on_amd() and (not launched or os.environ.get("PADDLE_TRAINER_ID", "0") in ("", "0")):  # once a job
+    rank = os.environ.get("PADDLE_TRAINER_ID", "0") if launched_processes() > 1 else "0"  # a leftover id alone: one process
+    if mkl_avx2_on_amd() and rank in ("", "0"):  # said once a job
         logging.getLogger("rectools").info("AMD CPU: %s=5 for MKL's AVX2 code (set %s= to keep MKL's default)",
                                            MKL_CPU_TYPE, MKL_CPU_TYPE)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

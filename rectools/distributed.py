@@ -39,13 +39,13 @@ import re
 import numpy as np
 
 from . import metrics
+from .cli import launched_processes
 from .data import Shard
 from .engines import dygraph_mode
 from .errors import ConfigError, UserError
 
 log = logging.getLogger("rectools")
 
-LAUNCHED = "PADDLE_TRAINERS_NUM"  # set by paddle.distributed.launch: the number of processes of the job
 
 
 _GAVE_UP = re.compile(r"gloo|nccl|timeout|timed out|connection|socket|closed", re.IGNORECASE)
@@ -263,7 +263,7 @@ def group(config):
     for the job paddle.distributed.launch started (on the device of runner.use_gpu), and the other
     ranks' logging turned down to warnings. Raises ConfigError for a launched job without
     runner.use_fleet (each process would read every sample and write the same folder)."""
-    launched = int(os.environ.get(LAUNCHED, "1") or 1)
+    launched = launched_processes()
     if not config["runner.use_fleet"]:
         if launched > 1:
             raise ConfigError(f"{config.path}: started as {launched} processes by paddle.distributed.launch, but "

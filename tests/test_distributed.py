@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import CONFIG, REPO, data_overrides, ok, read_jsonl, write_lines
-from rectools import checkpoint, distributed, model_loader
+from rectools import checkpoint, cli, distributed, model_loader
 from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError, UserError
 
@@ -212,10 +212,10 @@ def test_static_training_on_several_processes_is_refused_in_one_line(synthetic, 
 
 def test_a_launched_job_needs_use_fleet_and_use_fleet_alone_is_one_process(monkeypatch):
     config, _ = model_loader.load(CONFIG)
-    monkeypatch.setenv(distributed.LAUNCHED, "2")
+    monkeypatch.setenv(cli.LAUNCHED, "2")
     with pytest.raises(ConfigError, match="runner.use_fleet is False"):
         distributed.group(config)
-    monkeypatch.delenv(distributed.LAUNCHED)
+    monkeypatch.delenv(cli.LAUNCHED)
     fleet, _ = model_loader.load(CONFIG, ["runner.use_fleet=True"])
     assert distributed.group(fleet) is distributed.LOCAL
 
