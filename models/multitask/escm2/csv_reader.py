@@ -182,42 +182,36 @@ class RecDataset(Reader):
         """The field sizes the ids are numbered by (rectools.contract.Reader.layout)."""
         return {f"size of field {f}": n for f, n in zip(self.fields, self.sizes.tolist())}
 
-    def _parsed(self, path):
-        """Generator of the file's parsed blocks (from its cache entry, else its text); returns its summary."""
-        return self.cache.chunks(path, lambda source: parse_file(source, self.fields), self.chunk_lines)
+    def _parsed(self, path, summary):
+        """Generator of the file's parsed blocks (from its cache entry, else its text); once the
+        file is done, its summary (parse_file's) goes into the dict `summary`."""
+        summary.update((yield from self.cache.chunks(path, lambda source: parse_file(source, self.fields),
+                                                     self.chunk_lines)))
 
     def _summary(self, path):
         manifest = self.cache.manifest(path)
         if manifest is not None:
             return manifest["summary"]
-        parts = self._parsed(path)  # one pass, which writes the cache entry the first epoch then reads
-        while True:
-            try:
-                next(parts)
-            except StopIteration as stop:
-                return stop.value
+        summary = {}
+        for _ in self._parsed(path, summary):  # one pass, which writes the cache entry the first epoch then reads
+            pass
+        return summary
 
     def chunks(self):
         row = 0
         for path in self.file_list:
-            unseen_counts = np.zeros(len(self.fields), dtype=np.int64)
-            parts = self._parsed(path)
-            while True:
-                try:
-                    arrays = next(parts)
-                except StopIteration as stop:
-                    summary = stop.value
-                    break
+            unseen_counts, summary = np.zeros(len(self.fields), dtype=np.int64), {}
+            for arrays in self._parsed(path, summary):
                 ids, n = arrays["ids"], len(arrays["ids"])
                 for start in range(0, n, self.chunk_lines):
-                    stop_row = min(start + self.chunk_lines, n)
-                    unseen = ids[start:stop_row] >= self.sizes  # [m, fields]: ids the training files never had
+                    stop = min(start + self.chunk_lines, n)
+                    unseen = ids[start:stop] >= self.sizes  # [m, fields]: ids the training files never had
                     unseen_counts += unseen.sum(axis=0)
-                    out = np.zeros((stop_row - start, len(self.fields), self.max_len), dtype=np.int64)
-                    out[:, :, 0] = np.where(unseen, 0, ids[start:stop_row]) + self.offsets
-                    yield {"ids": out, "click": arrays["click"][start:stop_row].astype(np.int64),
-                           "buy": arrays["buy"][start:stop_row].astype(np.int64),
-                           "sample_id": np.arange(row + start + 1, row + stop_row + 1, dtype=np.int64)}
+                    out = np.zeros((stop - start, len(self.fields), self.max_len), dtype=np.int64)
+                    out[:, :, 0] = np.where(unseen, 0, ids[start:stop]) + self.offsets
+                    yield {"ids": out, "click": arrays["click"][start:stop].astype(np.int64),
+                           "buy": arrays["buy"][start:stop].astype(np.int64),
+                           "sample_id": np.arange(row + start + 1, row + stop + 1, dtype=np.int64)}
                 row += n
             self._report(path, summary["columns"], unseen_counts)
 
