@@ -137,9 +137,9 @@ class Group:
             return None
 
         def gather(predictions):
-            columns = predictions if isinstance(predictions, metrics.Columns) else metrics.Columns.of(predictions)
-            names = sorted(set().union(*self.all_gather(sorted(columns))))
-            rows = max(self.all_gather(columns.rows))
+            columns = metrics.Columns.of(predictions)
+            shares = self.all_gather((sorted(columns), columns.rows))
+            names, rows = sorted(set().union(*(n for n, _ in shares))), max(r for _, r in shares)
             per_round = max(1, metrics.CHUNK_ROWS // batch_size) * batch_size
             mine = columns.chunks(*names, rows=per_round)
             merged = metrics.Accumulator()

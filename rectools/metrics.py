@@ -242,10 +242,10 @@ def ctr_cvr_report(predictions):
     (probabilities, float32 or float64, ranked as given) and `click` and `buy` (0/1, any integer
     dtype). pCTCVR = pCTR * pCVR in float64, so that its tiny values keep their order. One pass
     for the sums, then the AUCs (rectools.metrics.auc), in memory bounded whatever n."""
-    columns = predictions if isinstance(predictions, Columns) else Columns.of(predictions)
+    columns = Columns.of(predictions)
     names = ("pctr", "pcvr", "click", "buy")
     s = dict.fromkeys(["ll_ctr", "ll_cvr", "ll_ctcvr", "pctr", "pcvr_clicked", "pctcvr", "pcvr",
-                       "samples", "clicks", "conversions", "clicked_conversions"], 0.0)
+                       "clicks", "conversions", "clicked_conversions"], 0.0)
     for pctr, pcvr, click, buy in columns.chunks(*names):
         clicked = click == 1
         pctcvr = pctr.astype(np.float64) * pcvr
@@ -256,18 +256,14 @@ def ctr_cvr_report(predictions):
         s["pcvr_clicked"] += float(pcvr[clicked].sum(dtype=np.float64))
         s["pctcvr"] += float(pctcvr.sum())
         s["pcvr"] += float(pcvr.sum(dtype=np.float64))
-        s["samples"] += len(click)
         s["clicks"] += int(np.count_nonzero(clicked))
         s["conversions"] += int(np.count_nonzero(buy == 1))
         s["clicked_conversions"] += int(np.count_nonzero(buy[clicked] == 1))
-    n, clicks, conversions = int(s["samples"]), int(s["clicks"]), int(s["conversions"])
+    n, clicks, conversions = columns.rows, int(s["clicks"]), int(s["conversions"])
     cvr_conversions = int(s["clicked_conversions"])
 
-    def ratio(total, count):
+    def ratio(total, count):  # calibration too: summed predictions over summed labels, >1 over-estimates
         return total / count if count else float("nan")
-
-    def calibration(predicted, observed):  # mean prediction over mean label: 1 is calibrated, >1 over-estimates
-        return predicted / observed if observed > 0 else float("nan")
 
     return {
         "auc_ctr": _auc(lambda: columns.chunks("click", "pctr"), clicks, n - clicks),
@@ -278,9 +274,9 @@ def ctr_cvr_report(predictions):
         "logloss_ctr": ratio(s["ll_ctr"], n),
         "logloss_cvr": ratio(s["ll_cvr"], clicks),
         "logloss_ctcvr": ratio(s["ll_ctcvr"], n),
-        "calibration_ctr": calibration(s["pctr"], clicks),
-        "calibration_cvr": calibration(s["pcvr_clicked"], cvr_conversions),
-        "calibration_ctcvr": calibration(s["pctcvr"], conversions),
+        "calibration_ctr": ratio(s["pctr"], clicks),
+        "calibration_cvr": ratio(s["pcvr_clicked"], cvr_conversions),
+        "calibration_ctcvr": ratio(s["pctcvr"], conversions),
         "mean_pcvr": ratio(s["pcvr"], n),
         "samples": n,
         "clicks": clicks,
@@ -302,7 +298,9 @@ class Columns(Mapping):
 
     @classmethod
     def of(cls, arrays):
-        """Columns over in-memory arrays {name: 1-D array [n]}, all of one length."""
+        """Columns over in-memory arrays {name: 1-D array [n]}, all of one length; a Columns as it is."""
+        if isinstance(arrays, Columns):
+            return arrays
         arrays = {name: np.asarray(a).reshape(-1) for name, a in arrays.items()}
         rows = {len(a) for a in arrays.values()}
         if len(rows) > 1:
