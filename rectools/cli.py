@@ -184,8 +184,9 @@ def load_paddle():
     Paddle's import also installs a C++ SIGTERM handler (a crash report, then death): the one of
     handle_stop_signals, when installed, is put back before the signals are let through. Before the
     import, MKL is pointed at its AVX2 code on AMD CPUs (mkl_avx2_on_amd), with a log line."""
-    rank = os.environ.get("PADDLE_TRAINER_ID", "0") if launched_processes() > 1 else "0"  # a leftover id alone: one process
-    if mkl_avx2_on_amd() and rank in ("", "0"):  # said once a job
+    # said by rank 0 of a job; a PADDLE_TRAINER_ID left in a shell, without a job, is one process
+    rank = os.environ.get("PADDLE_TRAINER_ID", "0") if launched_processes() > 1 else "0"
+    if mkl_avx2_on_amd() and rank in ("", "0"):
         logging.getLogger("rectools").info("AMD CPU: %s=5 for MKL's AVX2 code (set %s= to keep MKL's default)",
                                            MKL_CPU_TYPE, MKL_CPU_TYPE)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})

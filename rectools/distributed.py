@@ -23,8 +23,8 @@ process alone. The rules, for N processes of ranks 0 .. N-1:
   dropped or repeated: the stand-in's predictions and loss are not counted.
 * Metrics: each rank's epoch predictions are all-gathered, a round of batches at a time, and put
   back into the single-process batch order before the model's summarize_metrics, so the epoch's
-  metrics (exact AUCs included) are those of one process reading the same data; loss terms are per-sample means over every
-  rank's samples (sums and counts all-reduced).
+  metrics (exact AUCs included) are those of one process reading the same data; loss terms are
+  per-sample means over every rank's samples (sums and counts all-reduced).
 * Rank 0 alone claims runner.model_save_path, writes checkpoints, records and prediction files,
   and logs at INFO; the others log warnings and errors only. A rank that fails prints its one
   error line and exits non-zero; paddle.distributed.launch then stops the other ranks (they may

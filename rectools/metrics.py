@@ -64,11 +64,13 @@ def _temporary_folder(kind):
     if not _swept:
         _swept = True
         root = tempfile.gettempdir()
-        gone = [name for name in os.listdir(root) if name.startswith("rectools-") and _abandoned(os.path.join(root, name))]
-        for name in gone:
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        gone = [os.path.join(root, name) for name in os.listdir(root) if name.startswith("rectools-")]
+        gone = [path for path in gone if _abandoned(path)]
+        for path in gone:
+            shutil.rmtree(path, ignore_errors=True)
         if gone:
-            logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s", len(gone), root)
+            logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s",
+                                               len(gone), root)
     folder = tempfile.mkdtemp(prefix=f"rectools-{kind}-{_HOST}-{os.getpid()}-")
     lock = open(os.path.join(folder, _LOCK), "w")
     fcntl.flock(lock, fcntl.LOCK_EX)

@@ -379,6 +379,13 @@ def _separators(text, scratch, exact):
     return sep, text.take(sep, out=scratch("kind", len(sep), np.uint8), mode="clip")
 
 
+def _line_ends_and_colons(kind, scratch):
+    """(the separators that are LF: the last segment of each line, those that are ':': one per
+    field:feat token), positions among the separators of _separators' `kind`."""
+    is_kind = scratch("mask", len(kind), bool)  # the separators' mask is used up by now
+    return np.flatnonzero(np.equal(kind, 10, out=is_kind)), np.flatnonzero(np.equal(kind, 58, out=is_kind))
+
+
 def _words(text, out):
     """The text behind 8 zero bytes and before 8 or more, as aligned little-endian words: out
     (uint64, len(text) // 8 + 2 of them), word q holding padded bytes [8q, 8q + 8)."""
@@ -533,10 +540,9 @@ class BlockParser:
         # '0' (such as CR, NUL, or a space in the name of another field): all those bytes are
         # found at once, and the exact separators only when there are others among them
         sep, kind = _separators(text, scratch, exact=False)
-        is_kind = scratch("mask", len(sep), bool)  # the separators' mask is used up
-        last = np.flatnonzero(np.equal(kind, 10, out=is_kind))  # the last segment of each line
-        field = np.flatnonzero(np.equal(kind, 58, out=is_kind))  # the ':' of each field:feat token
-        if len(last) + len(field) + np.count_nonzero(np.equal(kind, 44, out=is_kind)) != len(sep):
+        last, field = _line_ends_and_colons(kind, scratch)
+        commas = np.count_nonzero(np.equal(kind, 44, out=scratch("mask", len(kind), bool)))
+        if len(last) + len(field) + commas != len(sep):
             if b"\r" in block:
                 block = block.replace(b"\r\n", b"\n")
                 if b"\r" in block:
@@ -545,9 +551,7 @@ class BlockParser:
             if text.min() == 0:  # NUL
                 raise Irregular
             sep, kind = _separators(text, scratch, exact=True)
-            is_kind = scratch("mask", len(sep), bool)
-            last = np.flatnonzero(np.equal(kind, 10, out=is_kind))
-            field = np.flatnonzero(np.equal(kind, 58, out=is_kind))
+            last, field = _line_ends_and_colons(kind, scratch)
         words = _words(text, scratch("words", len(text) // 8 + 2, _U64))
         counts = new_counts(self.fields)
         F, L = len(self.fields), self.max_len
