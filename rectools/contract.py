@@ -100,6 +100,11 @@ class DygraphModel(ABC):
         bounded however long the epoch; with several processes, the union of theirs). A mapping of
         name -> 1-D array is all it may assume."""
 
+    def diagnose(self, record: Mapping) -> List[str]:
+        """Warning lines about an evaluated epoch, from its record (summarize_metrics' figures
+        among them); the evaluation logs each. None by default."""
+        return []
+
 
 @dataclass
 class StaticGraph:
@@ -146,6 +151,10 @@ class StaticModel(ABC):
     @abstractmethod
     def summarize_metrics(self, predictions: Mapping) -> Dict[str, float]:
         """As DygraphModel.summarize_metrics."""
+
+    def diagnose(self, record: Mapping) -> List[str]:
+        """As DygraphModel.diagnose."""
+        return []
 
 
 SERVING_NAMES = ("MODEL", "PARAMS", "SIGNATURE", "OUTPUTS")

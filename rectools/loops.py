@@ -115,12 +115,14 @@ def output_folder(config, claim=False):
     return folder
 
 
-def _prepare(config, package, mode, group, shard, gather, train):
+def _prepare(config, package, mode, group, shard, gather, train, dataset=None):
     """(dataset, engine, batch size, shard, gather) of a training or evaluation run: the data of
-    train_data_dir or test_data_dir, the engine of `mode`, and the seams defaulting to `group`'s."""
+    train_data_dir or test_data_dir (unless `dataset` is given), the engine of `mode`, and the
+    seams defaulting to `group`'s."""
     split = "train" if train else "infer"
     data_key = "runner.train_data_dir" if train else "runner.test_data_dir"
-    dataset = reader(config, package, data_key, f"runner.{split}_reader_path")
+    if dataset is None:
+        dataset = reader(config, package, data_key, f"runner.{split}_reader_path")
     engine = ENGINES[mode](config, package, train=train)
     batch_size = config[f"runner.{split}_batch_size"]
     group.check_data(dataset.file_list)
@@ -128,16 +130,18 @@ def _prepare(config, package, mode, group, shard, gather, train):
             group.gather(batch_size) if gather is None else gather)
 
 
-def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL):
+def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL, dataset=None):
     """tools/trainer.py and tools/static_trainer.py: runner.epochs epochs from runner.model_init_path
     (or from scratch), a checkpoint and a train_metrics.jsonl record per epoch (rectools.records: an
     epoch's line is replaced only once its new checkpoint is in place). Returns the records.
+    `dataset`: the training data (a contract.Reader); by default the config's reader of train_data_dir.
 
     shard and gather default to `group`'s; with several processes every rank trains and returns
     the same records, rank 0 alone writes them, and the ranks' parameters are checked to be
     identical after each epoch."""
     config.require("runner.train_data_dir", by="the trainer")
-    dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=True)
+    dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=True,
+                                                          dataset=dataset)
     save_root = output_folder(config, claim=group.main)  # first: it recovers an epoch a killed run was replacing
     group.barrier()  # the others read model_init_path once rank 0 has recovered the folder
     first_epoch = 0
@@ -224,6 +228,8 @@ def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
                                         config["runner.print_interval"], shard, gather, group, curves=curves)
         record = {"epoch": epoch, "run": records.checkpoint_run(folder), **record}  # which training run's
         log_record("infer epoch", record)
+        for line in engine.contract.diagnose(record):
+            log.warning("infer epoch %d: %s", epoch, line)
         if group.main:
             records.put(metrics_file, record)  # an epoch evaluated again replaces its line
         results.append((record, predictions if keep_predictions else None))

@@ -66,6 +66,9 @@ SUITE_KEYS = [
     *[Key(f"suite.variant_overrides.{name}", "str_list", [], f"further key=value overrides of the {name} runs")
       for name in VARIANTS],
     Key("suite.backbones", "str_list", ["mlp"], "backbones compared", choices=BACKBONES),
+    Key("suite.oracle", "bool", False,
+        "also run each IPW / DR variant with the generator's true CTR as its propensity (VARIANT+oracle): "
+        "the estimator's bias with a perfect propensity"),
     Key("suite.seeds", "int_list", [1, 2, 3], "training seeds of each variant"),
     Key("suite.data_sets", "str_list", DEFAULT_DATA_SETS,
         "one data set per entry 'NAME: generate.py arguments' (after data.*, which they may override); "
@@ -81,11 +84,13 @@ SUITE_KEYS = [
     Key("data.extra_args", "str_list", [], "further generate.py arguments, e.g. [--users, '500']"),
 ]
 
-METRICS = ["auc_ctr", "pctr_corr", "pctr_calibration", "auc_cvr", "auc_cvr_all", "ieb", "ieb_rel",
-           "logloss_true_cvr"]
+METRICS = ["auc_ctr", "pctr_corr", "pctr_calibration", "auc_cvr", "auc_cvr_all", "ieb_rel", "train_ieb_rel",
+           "balance_worst", "logloss_true_cvr"]
 HEADERS = {"auc_ctr": "CTR AUC", "pctr_corr": "pCTR corr. true CTR", "pctr_calibration": "mean pCTR / true",
            "auc_cvr": "CVR AUC (clicked)", "auc_cvr_all": "CVR AUC (all, true)", "ieb": "IEB", "ieb_rel": "IEB rel.",
+           "train_ieb_rel": "IEB rel. (train)", "balance_worst": "balance: worst decile",
            "logloss_true_cvr": "pCVR log-loss vs true"}
+ORACLE = "+oracle"  # suffix of a variant run with the true CTR as its propensity
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -173,9 +178,43 @@ def decile_curve(true_ctr, values):
     return [float(values[bins == b].mean()) for b in range(10)]
 
 
+class OracleReader:
+    """A reader whose batches also carry `propensity`: the generator's true CTR of each impression
+    (float32 [n], looked up by sample_id in a truth file's columns), which the CVR risks then divide
+    by instead of pCTR (the oracle arm). Otherwise the wrapped reader as it is."""
+
+    def __init__(self, dataset, truth):
+        self.dataset, self.file_list = dataset, dataset.file_list
+        ids = truth["sample_id"].astype(np.int64)
+        self.true_ctr = np.zeros(int(ids.max()) + 1, dtype=np.float32)
+        self.true_ctr[ids] = truth["true_ctr"]
+
+    def chunks(self):
+        for chunk in self.dataset.chunks():
+            yield {**chunk, "propensity": self.true_ctr[chunk["sample_id"]]}
+
+    def __getattr__(self, name):  # layout() and the rest of the contract: the wrapped reader's
+        return getattr(self.dataset, name)
+
+
+def truth_file(data, split):
+    folder = os.path.join(data, "truth")
+    return read_truth(os.path.join(folder, next(n for n in os.listdir(folder) if n.startswith(split))))
+
+
+def predictions_of(config, package, mode, data_dir, truth):
+    """The trained model's predictions on the impressions of `data_dir`, checked against `truth`'s order."""
+    config["runner.test_data_dir"] = data_dir
+    ((record, predictions),) = loops.infer(config, package, mode, keep_predictions=True)
+    if not np.array_equal(predictions["sample_id"], truth["sample_id"].astype(np.int64)):
+        raise RuntimeError(f"predictions on {data_dir} and its truth are not aligned")
+    return record, predictions
+
+
 def run_one(job):
-    """Train one variant with one seed and evaluate it against the truth, through the same loops as
-    tools/trainer.py and tools/infer.py (runs in a worker process)."""
+    """Train one variant with one seed and evaluate it against the truth, on the test and on the
+    training impressions, through the same loops as tools/trainer.py and tools/infer.py (runs in a
+    worker process)."""
     logging.getLogger().setLevel(logging.WARNING)
     data = os.path.join(job["data"], "synthetic")
     with open(os.path.join(data, "meta.json")) as f:
@@ -189,15 +228,23 @@ def run_one(job):
     config["runner.infer_start_epoch"] = config["runner.epochs"] - 1  # the trained model only
     config["runner.infer_end_epoch"] = config["runner.epochs"]
     start = time.perf_counter()
-    loops.train(config, package, job["mode_graph"])
-    ((_, predictions),) = loops.infer(config, package, job["mode_graph"], keep_predictions=True)
-    truth = read_truth(os.path.join(data, "truth", next(n for n in os.listdir(os.path.join(data, "truth"))
-                                                        if n.startswith("test"))))
-    if not np.array_equal(predictions["sample_id"], truth["sample_id"].astype(np.int64)):
-        raise RuntimeError(f"test predictions and {data}/truth are not aligned")
+    train_truth, truth = truth_file(data, "train"), truth_file(data, "test")
+    dataset = None
+    if job["variant"].endswith(ORACLE):
+        dataset = OracleReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
+                               train_truth)
+    loops.train(config, package, job["mode_graph"], dataset=dataset)
+    _, on_train = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth)
+    train_ieb = float(on_train["pcvr"].mean() - train_truth["true_cvr"].mean())
+    train_pctr = float(on_train["pctr"].mean() / train_truth["true_ctr"].mean())
+    del on_train
+    record, predictions = predictions_of(config, package, job["mode_graph"], f"{data}/test", truth)
     result = {k: job[k] for k in ("data_set", "variant", "mode", "backbone", "seed")}
     result.update(truth_metrics(predictions["pctr"], predictions["pcvr"], predictions["click"], predictions["buy"],
                                 truth))
+    result.update(train_ieb=train_ieb, train_ieb_rel=train_ieb / float(train_truth["true_cvr"].mean()),
+                  train_pctr_calibration=train_pctr,
+                  **{k: record[k] for k in record if k.startswith(("balance_", "ipw_"))})
     result["pcvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], predictions["pcvr"])
     result["true_cvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], truth["true_cvr"])
     if job["backbone"] == "mmoe":
@@ -230,10 +277,12 @@ def run(suite):
     jobs = []
     for name, extra in suite["suite.data_sets"]:
         folder = make_data(suite, name, extra)
-        for backbone, variant, seed in itertools.product(suite["suite.backbones"], suite["suite.variants"],
-                                                         suite["suite.seeds"]):
-            mode, pinned = VARIANTS[variant]
-            overrides = suite["suite.overrides"] + pinned + suite.get(f"suite.variant_overrides.{variant}", [])
+        variants = [*suite["suite.variants"], *(v + ORACLE for v in suite["suite.variants"]
+                                                 if suite["suite.oracle"] and VARIANTS[v][0] in ("IPW", "DR"))]
+        for backbone, variant, seed in itertools.product(suite["suite.backbones"], variants, suite["suite.seeds"]):
+            mode, pinned = VARIANTS[variant.removesuffix(ORACLE)]
+            overrides = (suite["suite.overrides"] + pinned
+                         + suite.get(f"suite.variant_overrides.{variant.removesuffix(ORACLE)}", []))
             run_dir = os.path.join(out, "runs", name, f"{backbone}-{variant}-seed{seed}")
             jobs.append({"data_set": name, "variant": variant, "mode": mode, "backbone": backbone, "seed": seed,
                          "data": folder, "model_config": suite["suite.model_config"], "overrides": overrides,
@@ -294,7 +343,7 @@ def markdown(results, suite):
         cells = []
         for m in METRICS:
             mean, std = stats[m]
-            cells.append(f"{mean:+.1%} ± {std:.1%}" if m == "ieb_rel" else
+            cells.append(f"{mean:+.1%} ± {std:.1%}" if m in ("ieb_rel", "train_ieb_rel") else
                          f"{mean:+.4f} ± {std:.4f}" if m == "ieb" else f"{mean:.4f} ± {std:.4f}")
         strength = stats["selection_strength"][0]
         gates = stats["gate_entropy"]

@@ -55,6 +55,9 @@ KEYS = [
     Key("hyper_parameters.global_w", "float", 0.5, "lambda_g, weight of the CTCVR risk", minimum=0),
     Key("hyper_parameters.propensity_floor", "float", 0.002,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6, maximum=1.0),
+    Key("runner.balance_tolerance", "float", 0.2,
+        "the balance check (infer): a decile of pCVR or pCTR whose 1/pCTR-weighted clicks per impression are "
+        "off 1 by more than this (and by more than 3 standard errors) fails it, with a warning", minimum=0),
     Key("hyper_parameters.ipw_normalization", "str", "self",
         "divisor of the inverse-propensity-weighted sums of IPW and DR: batch (the batch size, the paper) "
         "or self (the sum of the weights, SNIPS; a weighted sum over a batch without clicks is 0)", choices=("batch", "self")),

@@ -6,7 +6,7 @@ import paddle
 from rectools.contract import DygraphModel as DygraphContract
 from rectools.metrics import ctr_cvr_report
 
-from . import losses, net
+from . import balance, losses, net
 
 PREDICTIONS = ("pctr", "pcvr")  # per-sample predictions kept for the metrics, beside the labels
 LABELS = ("click", "buy")
@@ -14,6 +14,7 @@ LABELS = ("click", "buy")
 
 class DygraphModel(DygraphContract):
     def create_model(self, config):
+        self.config = config  # the propensity floor and the balance tolerance of summarize_metrics
         return net.from_config(config)
 
     def create_feeds(self, batch, config):
@@ -24,8 +25,8 @@ class DygraphModel(DygraphContract):
                 paddle.to_tensor(batch["click"], dtype="float32"),
                 paddle.to_tensor(batch["buy"], dtype="float32"))
 
-    def create_loss(self, outputs, click, buy, config):
-        return losses.objective(outputs, click, buy, config)
+    def create_loss(self, outputs, click, buy, config, propensity=None):
+        return losses.objective(outputs, click, buy, config, propensity)
 
     def create_optimizer(self, dy_model, config):
         return create_optimizer(dy_model.parameters(), config)
@@ -34,12 +35,19 @@ class DygraphModel(DygraphContract):
         uniq, inverse, click, buy = self.create_feeds(batch, config)
         outputs = dy_model(uniq, inverse)
         collect(metrics, batch, outputs[0].numpy(), outputs[1].numpy())
-        return self.create_loss(outputs, click, buy, config)
+        # a batch may bring its own propensity [B] (the bias study's oracle arm: the true CTR)
+        propensity = batch.get("propensity")
+        if propensity is not None:
+            propensity = paddle.to_tensor(propensity, dtype="float32")
+        return self.create_loss(outputs, click, buy, config, propensity)
 
     infer_forward = train_forward  # the same computation; the caller decides on gradients
 
     def summarize_metrics(self, predictions):
-        return summarize_metrics(predictions)
+        return summarize_metrics(predictions, self.config)
+
+    def diagnose(self, record):
+        return diagnose(record, self.config)
 
 
 def collect(metrics, batch, pctr, pcvr):
@@ -48,9 +56,18 @@ def collect(metrics, batch, pctr, pcvr):
     metrics.add(pctr=pctr, pcvr=pcvr, **{k: np.asarray(batch[k], dtype=np.int8) for k in LABELS})
 
 
-def summarize_metrics(predictions):
-    """The ESMM/ESCM2 evaluation protocol (rectools.metrics.ctr_cvr_report) of an epoch's predictions."""
-    return ctr_cvr_report(predictions)
+def summarize_metrics(predictions, config):
+    """The ESMM/ESCM2 evaluation protocol (rectools.metrics.ctr_cvr_report) of an epoch's predictions,
+    and the balance check of pCTR as the propensity (balance.balance_report)."""
+    return {**ctr_cvr_report(predictions),
+            **balance.balance_report(predictions, config["hyper_parameters.propensity_floor"],
+                                     config["runner.balance_tolerance"])}
+
+
+def diagnose(record, config):
+    """The warning lines of an evaluated epoch's record: a failed balance check."""
+    line = balance.balance_warning(record, config["runner.balance_tolerance"])
+    return [] if line is None else [line]
 
 
 def create_optimizer(parameters, config):

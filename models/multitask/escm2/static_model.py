@@ -9,7 +9,7 @@ from rectools.contract import StaticGraph
 from rectools.contract import StaticModel as StaticContract
 
 from . import losses, net
-from .dygraph_model import PREDICTIONS, collect, create_optimizer, summarize_metrics
+from .dygraph_model import PREDICTIONS, collect, create_optimizer, diagnose, summarize_metrics
 
 
 class StaticModel(StaticContract):
@@ -55,4 +55,7 @@ class StaticModel(StaticContract):
         return {k: float(v) for k, v in fetched.items() if k not in PREDICTIONS}
 
     def summarize_metrics(self, predictions):
-        return summarize_metrics(predictions)
+        return summarize_metrics(predictions, self.config)
+
+    def diagnose(self, record):
+        return diagnose(record, self.config)
