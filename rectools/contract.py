@@ -105,6 +105,12 @@ class DygraphModel(ABC):
         among them); the evaluation logs each. None by default."""
         return []
 
+    # Optional: recalibrate(predictions, parameters) -> {name: new array}. At each training epoch's
+    # end, before its checkpoint, the parameters to replace, given the trained model's predictions
+    # on (a sample of) the training data, as summarize_metrics receives them, and its parameters
+    # (name -> array, as checkpoints hold them). None: nothing to recalibrate, no data read for it.
+    recalibrate: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None
+
 
 @dataclass
 class StaticGraph:
@@ -155,6 +161,8 @@ class StaticModel(ABC):
     def diagnose(self, record: Mapping) -> List[str]:
         """As DygraphModel.diagnose."""
         return []
+
+    recalibrate: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None  # as DygraphModel's
 
 
 SERVING_NAMES = ("MODEL", "PARAMS", "SIGNATURE", "OUTPUTS")

@@ -144,6 +144,7 @@ class StaticEngine:
             if train:
                 self.contract.create_optimizer(self.graph)
         self.fetch_names = list(self.graph.fetches)
+        self.evaluation, self._built = (self._evaluation if train else None), None
         self.names = {key: p.name for key, p in self.graph.parameters.items()}
         self.place = place(config)
         self.executor = paddle.static.Executor(self.place)
@@ -159,7 +160,24 @@ class StaticEngine:
         return self.contract.collect(metrics, batch, dict(zip(self.fetch_names, values)))
 
     def eval_step(self, batch, metrics):
-        return self.train_step(batch, metrics)  # an inference program has no update ops
+        if self.evaluation is None:  # an inference engine's program has no update ops: run it as it is
+            return self.train_step(batch, metrics)
+        program, graph = self.evaluation()
+        names = list(graph.fetches)
+        values = self.executor.run(program, feed=self.contract.feed(batch), fetch_list=[graph.fetches[n] for n in names])
+        return self.contract.collect(metrics, batch, dict(zip(names, values)))
+
+    def _evaluation(self):
+        """A training engine's inference program (built once, on first use), on the same parameters:
+        built under the same unique names, it refers to the training program's variables in the scope."""
+        if self._built is None:
+            program = paddle.static.Program()
+            with paddle.utils.unique_name.guard(), paddle.static.program_guard(program, paddle.static.Program()):
+                graph = self.contract.infer_net(self.contract.create_feeds())
+            if {k: p.name for k, p in graph.parameters.items()} != self.names:
+                raise RuntimeError("the inference program's parameters are not the training program's")
+            self._built = program, graph
+        return self._built
 
     def _tensor(self, name):
         return self.scope.find_var(name).get_tensor()

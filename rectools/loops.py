@@ -177,6 +177,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
+        recalibrate(config, engine, dataset, batch_size, shard, gather)
         if group.size > 1:
             log.info("parameters identical on all %d processes (sha256 %s)", group.size,
                      group.check_parameters(engine.parameters())[:16])
@@ -195,6 +196,26 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     if curves is not None:
         curves.close()
     return done
+
+
+def recalibrate(config, engine, dataset, batch_size, shard, gather):
+    """The model's recalibration (contract recalibrate), when it has one: the trained model's
+    predictions on every k-th batch of this shard (k so that at most runner.recalibration_samples
+    are read in all), gathered from every process so that each replaces the same parameters."""
+    if engine.contract.recalibrate is None:
+        return
+    expected = expected_samples(dataset, shard)
+    every = 1 if expected is None else max(1, math.ceil(expected / config["runner.recalibration_samples"]))
+    metrics = Accumulator()
+    for number, batch in enumerate(epoch_batches(dataset, batch_size, shard)):
+        if number % every == 0:
+            engine.eval_step(batch, metrics)
+            metrics.add(sample_id=batch["sample_id"])
+    predictions = metrics.arrays() if gather is None else gather(metrics.arrays())
+    parameters = engine.parameters()
+    changed = engine.contract.recalibrate(predictions, parameters)
+    if changed:
+        engine.set_parameters({**parameters, **changed}, "the recalibration", "runner.recalibration_samples")
 
 
 def _epochs(epochs):

@@ -140,3 +140,44 @@ def test_without_the_affinity_the_click_logit_is_additive_in_user_item_and_conte
     fit, *_ = np.linalg.lstsq(columns, logit, rcond=None)
     r2 = 1 - np.var(logit - columns @ fit) / np.var(logit)
     assert (r2 > 0.999) if additive else (r2 < 0.95)
+
+
+def test_the_low_rank_shape_selects_through_the_user_x_item_product_only(tmp_path):
+    """--shape lowrank: the true CTR is a function of the relevance level alone, the levels hold
+    their shares, the lines carry the five fields and agree with the truth, and no additive model of
+    user and item ids recovers the CTR logit (the selection lies in their product)."""
+    meta = generate(tmp_path / "d", "--shape", "lowrank", "--selection-bias", "0.9", "--seed", "2", "--gzip")
+    assert meta["shape"] == "lowrank" and meta["arguments"]["rank"] == 4
+    again = generate(tmp_path / "e", "--shape", "lowrank", "--selection-bias", "0.9", "--seed", "2", "--gzip")
+    assert meta == again and all((tmp_path / "d" / p).read_bytes() == (tmp_path / "e" / p).read_bytes()
+                                 for p in ("train/part-00000.txt.gz", "truth/test.csv.gz"))
+    import gzip
+    with gzip.open(tmp_path / "d" / "train" / "part-00000.txt.gz", "rt") as f:
+        lines = [line.rstrip("\n").split(",") for line in f]
+    with gzip.open(tmp_path / "d" / "truth" / "train.csv.gz", "rt") as f:
+        truth = list(csv.DictReader(f))
+    assert len(lines) == len(truth) == 20000
+    ranges = meta["id_ranges"]
+    users, items = np.zeros(len(lines), dtype=int), np.zeros(len(lines), dtype=int)
+    for row, (cols, t) in enumerate(zip(lines, truth)):
+        assert cols[0] == t["sample_id"] and cols[1] == t["click"]
+        assert int(cols[2]) == int(t["click"]) * int(t["potential_conversion"])
+        fields = [token.split(":") for token in cols[3:]]
+        assert [f for f, _ in fields] == ["101", "121", "205", "206", "301"]
+        assert all(ranges[f][0] <= int(v) <= ranges[f][1] for f, v in fields)
+        users[row], items[row] = int(fields[0][1]) - ranges["101"][0], int(fields[2][1]) - ranges["205"][0]
+    true_ctr = np.array([float(t["true_ctr"]) for t in truth])
+    levels, counts = np.unique(np.round(true_ctr, 5), return_counts=True)
+    assert len(levels) == 5  # one CTR per relevance level
+    np.testing.assert_allclose(counts[::1] / len(truth), [0.53, 0.24, 0.14, 0.06, 0.03], atol=0.015)
+    train = meta["splits"]["train"]
+    assert train["ctr"] == pytest.approx(0.04, abs=0.006) and train["selection_strength"] > 1.5
+    logit = np.log(true_ctr / (1 - true_ctr))
+    columns = np.zeros((len(lines), 300 + 500))
+    columns[np.arange(len(lines)), users] = 1
+    columns[np.arange(len(lines)), 300 + items] = 1
+    fit, *_ = np.linalg.lstsq(columns, logit, rcond=None)
+    assert 1 - np.var(logit - columns @ fit) / np.var(logit) < 0.6
+    refused = subprocess.run([sys.executable, GENERATOR, "--shape", "lowrank", "--out", str(tmp_path / "f"),
+                              "--hidden-confounding", "0.3"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "hidden_confounding does not apply to shape 'lowrank'" in refused.stderr

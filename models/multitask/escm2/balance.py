@@ -13,9 +13,10 @@ where it is > 1 the clicks are over-weighted (their CTR was under-estimated), wh
 ESCM2's IPW and DR risks then re-weight the wrong way, and can add bias rather than remove it. The
 check needs no ground truth: it runs on any evaluation data with clicks.
 
-A decile fails when |balance_b - 1| exceeds the tolerance *and* three standard errors of
-balance_b, sqrt(sum_{clicked in b} (1 - ô_i) / ô_i^2) / n_b (the Bernoulli variance of o/ô under a
-correct ô), so that a small evaluation set does not fail a correct propensity by chance.
+A decile fails when |balance_b - 1| exceeds the tolerance *and* four standard errors of balance_b
+under a correct propensity, sqrt(sum_{i in b} (1 - ô_i) / ô_i) / n_b (o_i ~ Bernoulli(ô_i), so
+Var(o_i / ô_i) = (1 - ô_i) / ô_i), so that a small evaluation set does not fail a correct propensity
+by chance (four, not three: twenty deciles are tested, and the weights are skewed).
 Companions: the effective sample size of the weights over the clicks, (sum w)^2 / sum w^2 / clicks
 (1 = equal weights), and the largest weight's share of their sum.
 """
@@ -24,6 +25,7 @@ import numpy as np
 from rectools.metrics import Columns
 
 BINS = 10
+Z_FAIL = 4.0  # standard errors a decile must be off by to fail
 QUANTILE_SAMPLE = 1_000_000  # scores read to place the decile edges (a strided sample beyond it)
 
 
@@ -61,7 +63,7 @@ def balance_report(predictions, propensity_floor, tolerance, bins=BINS):
         propensity = np.maximum(pctr.astype(np.float64), propensity_floor)
         clicked = click == 1
         weight = np.where(clicked, 1.0 / propensity, 0.0)
-        variance = np.where(clicked, (1.0 - propensity) / propensity ** 2, 0.0)
+        variance = (1.0 - propensity) / propensity  # of o / ô under a correct ô
         for name, score in (("pcvr", pcvr), ("pctr", pctr)):
             decile = np.searchsorted(edges[name], score, side="right")
             for row, values in enumerate((None, weight, variance)):
@@ -76,7 +78,7 @@ def balance_report(predictions, propensity_floor, tolerance, bins=BINS):
             ratio = weighted / count
             error = np.sqrt(variance) / count
         deviation = np.abs(ratio - 1.0)
-        failing = (deviation > tolerance) & (deviation > 3.0 * error)
+        failing = (deviation > tolerance) & (deviation > Z_FAIL * error)
         failed += int(failing.sum())
         worst = max([worst, *deviation[failing].tolist()])
         report[f"balance_{name}"] = [round(float(r), 4) for r in ratio]

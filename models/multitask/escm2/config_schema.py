@@ -55,6 +55,13 @@ KEYS = [
     Key("hyper_parameters.global_w", "float", 0.5, "lambda_g, weight of the CTCVR risk", minimum=0),
     Key("hyper_parameters.propensity_floor", "float", 0.002,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6, maximum=1.0),
+    Key("hyper_parameters.propensity_power", "float", 1.0,
+        "a: the CVR risks divide by max(pCTR, propensity_floor)^a, shrinking the inverse-propensity weights "
+        "towards 1 (1: the paper's weights; 0: none)", minimum=0, maximum=1.0),
+    Key("runner.calibrate_ctr", "bool", True,
+        "at each epoch's end shift the CTR tower's output bias so that mean pCTR equals the click rate of the "
+        "training impressions (at most runner.recalibration_samples of them): intercept-only Platt scaling",
+        ),
     Key("runner.balance_tolerance", "float", 0.2,
         "the balance check (infer): a decile of pCVR or pCTR whose 1/pCTR-weighted clicks per impression are "
         "off 1 by more than this (and by more than 3 standard errors) fails it, with a warning", minimum=0),

@@ -1,5 +1,7 @@
 """The PaddleRec dygraph contract for ESCM2 (rectools.contract.DygraphModel), used by
 tools/trainer.py, tools/infer.py and export."""
+import logging
+
 import numpy as np
 import paddle
 
@@ -8,6 +10,8 @@ from rectools.metrics import ctr_cvr_report
 
 from . import balance, losses, net
 
+log = logging.getLogger("rectools")
+
 PREDICTIONS = ("pctr", "pcvr")  # per-sample predictions kept for the metrics, beside the labels
 LABELS = ("click", "buy")
 
@@ -15,6 +19,8 @@ LABELS = ("click", "buy")
 class DygraphModel(DygraphContract):
     def create_model(self, config):
         self.config = config  # the propensity floor and the balance tolerance of summarize_metrics
+        if not config["runner.calibrate_ctr"]:
+            self.recalibrate = None
         return net.from_config(config)
 
     def create_feeds(self, batch, config):
@@ -49,6 +55,9 @@ class DygraphModel(DygraphContract):
     def diagnose(self, record):
         return diagnose(record, self.config)
 
+    def recalibrate(self, predictions, parameters):
+        return recalibrate_ctr(predictions, parameters)
+
 
 def collect(metrics, batch, pctr, pcvr):
     """A batch's pCTR and pCVR [B] and its labels into the epoch's metrics (labels as int8: they
@@ -68,6 +77,37 @@ def diagnose(record, config):
     """The warning lines of an evaluated epoch's record: a failed balance check."""
     line = balance.balance_warning(record, config["runner.balance_tolerance"])
     return [] if line is None else [line]
+
+
+def ctr_logit_shift(pctr, click, steps=50):
+    """delta with sum_i sigmoid(logit(pCTR_i) + delta) = sum_i click_i: the intercept of Platt scaling
+    with its slope held at 1 (Platt 1999), by Newton's method on the monotone sum. pctr float [n]
+    (clipped to [1e-7, 1 - 1e-7]), click 0/1 [n] with at least one click and one non-click."""
+    p = np.clip(np.asarray(pctr, dtype=np.float64), 1e-7, 1 - 1e-7)
+    logit, target, delta = np.log(p / (1 - p)), float(np.count_nonzero(click)), 0.0
+    for _ in range(steps):
+        q = 1.0 / (1.0 + np.exp(-(logit + delta)))
+        gap = q.sum() - target
+        delta -= gap / max(float((q * (1 - q)).sum()), 1e-12)
+        if abs(gap) < 1e-9 * target:
+            break
+    return delta
+
+
+def recalibrate_ctr(predictions, parameters):
+    """runner.calibrate_ctr: the CTR tower's output bias [1] shifted by ctr_logit_shift over the
+    given training impressions, so that the checkpoint's mean pCTR equals their click rate (the last
+    step of Adam leaves pCTR off the running average's calibration by up to ~10% either way). pCVR
+    is untouched. Returns {name: new bias}, or {} without both classes of click."""
+    pctr, click = predictions["pctr"], predictions["click"]
+    clicks = int(np.count_nonzero(click))
+    if not 0 < clicks < len(click):
+        return {}
+    delta = ctr_logit_shift(pctr, click)
+    name = [k for k in parameters if k.startswith("towers.0.") and k.endswith(".bias")][-1]
+    log.info("pCTR recalibrated on %d training impressions: mean pCTR / clicks %.3f -> 1 (CTR logit %+.4f)",
+             len(click), float(np.sum(pctr, dtype=np.float64)) / clicks, delta)
+    return {name: (parameters[name] + delta).astype(parameters[name].dtype)}
 
 
 def create_optimizer(parameters, config):

@@ -71,13 +71,14 @@ def normalised(weighted, weights, normalization):
 
 
 def cvr_risk(mode, pctr, pcvr, click, buy, propensity_floor, imputed=None, dr_imputation="error",
-             imputation_weight="dr_jl", ipw_normalization="batch", propensity=None):
+             imputation_weight="dr_jl", ipw_normalization="batch", propensity=None, propensity_power=1.0):
     """L_CVR of `mode` and its parts, as in the module docstring.
 
     pctr, pcvr, click, buy: float32 [batch]; imputed: the imputation tower's output [batch]
     (DR only: an error >= 0 for dr_imputation "error", a label in (0, 1) for "label");
     propensity: float32 [batch] in (0, 1] to divide by instead of pCTR (floored alike), or None
-    (the bias study's oracle arm passes the true CTR).
+    (the bias study's oracle arm passes the true CTR); propensity_power a in [0, 1]: o_hat is
+    max(propensity, floor)^a, shrinking the weights 1/o_hat towards 1 (a = 1: none; a = 0: no weighting).
     Returns a dict of scalar tensors: {} for ESMM; "cvr_loss" for NAIVE and IPW; "cvr_loss",
     "r_err", "r_imp" for DR. Raises ValueError for an unknown mode or option.
     """
@@ -88,6 +89,8 @@ def cvr_risk(mode, pctr, pcvr, click, buy, propensity_floor, imputed=None, dr_im
         return {"cvr_loss": paddle.sum(click * error) / paddle.clip(paddle.sum(click), min=1.0)}
     given = pctr if propensity is None else propensity
     propensity = paddle.clip(given.detach(), min=propensity_floor)     # o_hat [B], constant
+    if propensity_power != 1.0:
+        propensity = paddle.pow(propensity, propensity_power)
     ipw = click / propensity                                           # o / o_hat [B]
     if mode == "IPW":
         return {"cvr_loss": normalised(click * error / propensity, ipw, ipw_normalization)}
@@ -119,7 +122,7 @@ def cvr_risk(mode, pctr, pcvr, click, buy, propensity_floor, imputed=None, dr_im
 def escm2_loss(outputs, click, buy, mode, counterfactual_w, global_w, propensity_floor, **dr_options):
     """The whole objective. `outputs` is the net's tuple (pCTR, pCVR, pCTCVR[, imputation]), each
     float32 [batch]; click and buy float32 [batch] of 0/1. dr_options: dr_imputation,
-    imputation_weight, ipw_normalization, propensity of `cvr_risk`. Returns a dict of scalar tensors:
+    imputation_weight, ipw_normalization, propensity, propensity_power of `cvr_risk`. Returns a dict of scalar tensors:
     "loss" (the total), "ctr_loss", "ctcvr_loss" and the parts of `cvr_risk`."""
     pctr, pcvr, pctcvr = outputs[:3]
     terms = {"ctr_loss": paddle.mean(bce(pctr, click)), "ctcvr_loss": paddle.mean(bce(pctcvr, buy))}
@@ -137,4 +140,5 @@ def objective(outputs, click, buy, config, propensity=None):
     return escm2_loss(outputs, click, buy, config["runner.counterfact_mode"],
                       hp["counterfactual_w"], hp["global_w"], hp["propensity_floor"],
                       dr_imputation=hp["dr_imputation"], imputation_weight=hp["imputation_weight"],
-                      ipw_normalization=hp["ipw_normalization"], propensity=propensity)
+                      ipw_normalization=hp["ipw_normalization"], propensity=propensity,
+                      propensity_power=hp["propensity_power"])

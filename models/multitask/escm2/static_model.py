@@ -9,12 +9,14 @@ from rectools.contract import StaticGraph
 from rectools.contract import StaticModel as StaticContract
 
 from . import losses, net
-from .dygraph_model import PREDICTIONS, collect, create_optimizer, diagnose, summarize_metrics
+from .dygraph_model import PREDICTIONS, collect, create_optimizer, diagnose, recalibrate_ctr, summarize_metrics
 
 
 class StaticModel(StaticContract):
     def __init__(self, config):
         self.config = config
+        if not config["runner.calibrate_ctr"]:
+            self.recalibrate = None
         hp = config.section("hyper_parameters")
         self.shape = [-1, len(hp["fields"]), hp["max_len"], hp["sparse_feature_dim"]]
 
@@ -59,3 +61,6 @@ class StaticModel(StaticContract):
 
     def diagnose(self, record):
         return diagnose(record, self.config)
+
+    def recalibrate(self, predictions, parameters):
+        return recalibrate_ctr(predictions, parameters)
