@@ -53,7 +53,7 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("suite.seed=[1]", "unknown key suite.seed; did you mean suite.seeds?"),
-    ("suite.variants=[ESMM, DRR]", "suite.variants must be one of ESMM, NAIVE, IPW, SNIPS, DR-error"),
+    ("suite.variants=[ESMM, DRR]", "suite.variants must be one of ESMM, NAIVE, IPW, SNIPS, SNIPS-shrunk, DR-error"),
     ("suite.data_sets=['--selection-bias 0.3']", "must be 'NAME: generate.py arguments'"),
     ("suite.data_sets=['a: --selection-bias 0', 'a: --selection-bias 0.3']", "names 'a' twice"),
 ])
@@ -76,3 +76,35 @@ def test_the_suite_readme_documents_every_key():
     documented = documented_reference(os.path.join(REPO, "configs", "bias_study", "README.md"))
     assert documented == bias_study_reference(MODEL_DIR), \
         "regenerate with: python tools/config_doc.py --bias-study models/multitask/escm2"
+
+
+def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_path):
+    result = run_tool("bias_study.py", "-m", SMOKE, "-o", f"suite.output_dir={tmp_path}", "suite.oracle=true",
+                      "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS", "suite.backbones=[mlp]",
+                      "suite.seeds=[1]", "suite.data_sets=['rho0: --selection-bias 0']", cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(tmp_path / "results.jsonl") as f:
+        runs = {r["variant"]: r for r in map(json.loads, f)}
+    assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+oracle"] and runs["SNIPS+oracle"]["mode"] == "IPW"
+    folder = tmp_path / "data" / "rho0" / "synthetic"
+    with open(folder / "truth" / "train.csv") as f:
+        true_cvr = np.array([float(row["true_cvr"]) for row in csv.DictReader(f)])
+    for run in runs.values():
+        assert run["train_ieb"] == pytest.approx(run["train_ieb_rel"] * true_cvr.mean())
+        assert run["balance_failed"] >= 0 and len(run["balance_pcvr"]) == 10
+    table = (tmp_path / "results.md").read_text()
+    assert "| rho0 | " in table and "| SNIPS+oracle |" in table and "IEB rel. (train)" in table
+    assert "| warned | " in table and "| not warned | " in table
+    # the oracle reader hands the CVR risks each impression's true CTR, found by its sample id
+    from rectools import model_loader
+    from rectools.data import epoch_batches
+    package = model_loader.import_model_package(MODEL_DIR)
+    study = model_loader.model_module(package, "bias_study", "test")
+    config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"),
+                                        [f"runner.train_data_dir={folder}/train", "runner.cache_dir=none"])
+    from rectools.data import reader
+    truth = study.read_truth(str(folder / "truth" / "train.csv"))
+    oracle = study.OracleReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"), truth)
+    batch = next(epoch_batches(oracle, 1000))
+    expected = truth["true_ctr"][np.searchsorted(truth["sample_id"], batch["sample_id"])]
+    np.testing.assert_allclose(batch["propensity"], expected, rtol=1e-6)
