@@ -54,15 +54,6 @@ def load(config_path, overrides=()):
     return config, package
 
 
-def study_module(suite_path, overrides=(), module="bias_study", key="suite.model_config"):
-    """The `module` of the model folder whose config a suite names under `key` (tools/bias_study.py)."""
-    given = Sources(suite_path, overrides).resolved({key: None}, known_only=True)
-    if key not in given:
-        raise ConfigError(f"{os.path.abspath(suite_path)}: {key} is required (the model config the suite runs)")
-    value, _, base = given[key]
-    return model_module(locate(Sources(resolve_path(str(value), base), ())), module, key)
-
-
 def call_model_function(call):
     """(model_dir, module, function, argument) -> module.function(argument), the module imported
     from the model folder at model_dir: how a worker process runs a model folder's function."""

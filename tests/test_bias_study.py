@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import MODEL_DIR, REPO, documented_reference, run_tool
+from conftest import REPO, documented_reference, run_tool, tool_module
 
-SMOKE = os.path.join(REPO, "configs", "bias_study", "smoke.yaml")
+SMOKE = os.path.join(REPO, "studies", "bias", "smoke.yaml")
 
 
 def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
@@ -72,7 +72,7 @@ def test_a_data_set_the_generator_refuses_is_one_line_naming_it(tmp_path):
 
 
 def test_the_suite_readme_documents_every_key():
-    from tools.config_doc import bias_study_reference
-    documented = documented_reference(os.path.join(REPO, "configs", "bias_study", "README.md"))
-    assert documented == bias_study_reference(MODEL_DIR), \
-        "regenerate with: python tools/config_doc.py --bias-study models/multitask/escm2"
+    bias_study_reference = tool_module("config_doc").bias_study_reference
+    documented = documented_reference(os.path.join(REPO, "studies", "bias", "README.md"))
+    assert documented == bias_study_reference(), \
+        "regenerate with: python tools/config_doc.py --bias-study"

@@ -3,7 +3,7 @@ import os
 import pytest
 import yaml
 
-from conftest import MODEL_DIR, PADDLEREC_CONFIG, documented_reference, model_config, run_tool
+from conftest import MODEL_DIR, PADDLEREC_CONFIG, documented_reference, model_config, run_tool, tool_module
 from rectools import model_loader
 from rectools.config import Key, load_config
 from rectools.errors import ConfigError
@@ -241,6 +241,6 @@ def test_paddlerec_config_keys_are_all_accepted(tmp_path):
 
 
 def test_the_model_readme_documents_every_key_as_the_schema_says():
-    from tools.config_doc import reference
+    reference = tool_module("config_doc").reference
     documented = documented_reference(os.path.join(MODEL_DIR, "readme.md"))
     assert documented == reference(MODEL_DIR), "regenerate with: python tools/config_doc.py models/multitask/escm2"

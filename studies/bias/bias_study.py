@@ -32,8 +32,8 @@ from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError
 from rectools.metrics import auc, ctr_cvr_report, logloss
 
-from . import synthetic
-from .config_schema import BACKBONES
+from datasets.synthetic import generator as synthetic
+from studies.bias.escm2 import BACKBONES
 
 log = logging.getLogger("rectools")
 
