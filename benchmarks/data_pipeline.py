@@ -34,7 +34,6 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config.yaml")
 GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
 COMMON = ["hyper_parameters.sparse_feature_number=737946", "hyper_parameters.max_len=3",

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cli import raise_pending_stop
 from .errors import ConfigError, UserError
 from .model_loader import model_module
+from .stops import raise_pending_stop
 
 PREFETCH = 4  # batches made ahead of the training step
 

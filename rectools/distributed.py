@@ -30,41 +30,18 @@ process alone. The rules, for N processes of ranks 0 .. N-1:
   error line and exits non-zero; paddle.distributed.launch then stops the other ranks (they may
   wait in a collective until it does) and exits non-zero itself.
 """
-import contextlib
 import hashlib
 import logging
 import os
-import re
 
 import numpy as np
 
 from . import metrics
-from .cli import launched_processes
 from .data import Shard
-from .engines import dygraph_mode
+from .device import collective, dygraph_mode, launched_processes, place
 from .errors import ConfigError, UserError
 
 log = logging.getLogger("rectools")
-
-
-
-_GAVE_UP = re.compile(r"gloo|nccl|timeout|timed out|connection|socket|closed", re.IGNORECASE)
-
-
-@contextlib.contextmanager
-def collective():
-    """Around a collective (the gradient exchange of a step included): the RuntimeError Paddle
-    raises when the others never come (gloo's TIMEOUT, a closed connection: another process of the
-    job stopped or failed first, the launcher stopping the processes one by one) becomes a
-    UserError, one line, instead of a traceback."""
-    try:
-        yield
-    except RuntimeError as e:
-        if not _GAVE_UP.search(str(e)):
-            raise
-        detail = next(line.strip() for line in str(e).splitlines() if line.strip())
-        raise UserError(f"another process of this job stopped or failed, so a collective with it gave up "
-                        f"({detail[:200]})") from None
 
 
 class Group:
@@ -275,7 +252,6 @@ def group(config):
                  "--nproc_per_node N ...)")
         return LOCAL
     import paddle.distributed as dist
-    from .engines import place
     place(config)  # the device first: NCCL binds each rank to the GPU the launcher gave it
     dist.init_parallel_env()
     this = Group(dist.get_rank(), dist.get_world_size())

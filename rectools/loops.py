@@ -18,7 +18,7 @@ from .distributed import LOCAL
 from .engines import ENGINES
 from .errors import ConfigError, UserError
 from .metrics import Accumulator
-from .progress import Progress, expected_samples, remember_pass
+from .progress import Progress, expected_samples, format_metrics, remember_pass
 
 log = logging.getLogger("rectools")
 
@@ -87,7 +87,7 @@ def log_record(prefix, record):
     """The epoch's line: its loss, AUCs and throughput; every other figure is in the records file."""
     figures = {k: v for k, v in record.items() if k == "loss" or k.startswith("auc")}
     line = ", ".join([f"{prefix}: {record['epoch']}" + (" done" if prefix == "epoch" else "")]
-                     + ([records.format_metrics(figures)] if figures else []))
+                     + ([format_metrics(figures)] if figures else []))
     if record.get("ips") is not None:
         line += f", ips: {record['ips']:.1f} ins/s"
     undefined = [k for k, v in figures.items() if k.startswith("auc") and isinstance(v, float) and math.isnan(v)]
@@ -118,11 +118,13 @@ def output_folder(config, claim=False):
 def _prepare(config, package, mode, group, shard, gather, train):
     """(dataset, engine, batch size, shard, gather) of a training or evaluation run: the data of
     train_data_dir or test_data_dir, the engine of `mode`, and the seams defaulting to `group`'s."""
-    split = "train" if train else "infer"
-    data_key = "runner.train_data_dir" if train else "runner.test_data_dir"
-    dataset = reader(config, package, data_key, f"runner.{split}_reader_path")
+    if train:
+        dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
+        batch_size = config["runner.train_batch_size"]
+    else:
+        dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
+        batch_size = config["runner.infer_batch_size"]
     engine = ENGINES[mode](config, package, train=train)
-    batch_size = config[f"runner.{split}_batch_size"]
     group.check_data(dataset.file_list)
     return (dataset, engine, batch_size, group.shard if shard is None else shard,
             group.gather(batch_size) if gather is None else gather)

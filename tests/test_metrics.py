@@ -12,7 +12,12 @@ import time
 
 from rectools import metrics
 from rectools.errors import UserError
-from rectools.metrics import Accumulator, Columns, auc, ctr_cvr_report, logloss
+from rectools.metrics import Accumulator, Columns, auc, logloss
+from rectools.model_loader import import_model_package, model_module
+
+from conftest import MODEL_DIR
+
+ctr_cvr_report = model_module(import_model_package(MODEL_DIR), "metrics", "test").ctr_cvr_report
 
 
 def pairwise_auc(labels, scores):

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -28,12 +27,12 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
 
-from rectools import cli  # noqa: E402
+from rectools import cli
 
-from rectools import model_loader  # noqa: E402
-from rectools.errors import DataError, UserError  # noqa: E402
+from rectools import model_loader
+from rectools.atomic import atomic_file
+from rectools.errors import DataError, UserError
 
 CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config_bigdata.yaml")
 TRAIN_URL = "https://paddlerec.bj.bcebos.com/esmm/traindata_10w.csv"
@@ -140,20 +139,14 @@ def download(url, folder, force=False, timeout=60.0):
         return None
     created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(target, "wb") as f:  # renamed into place only once checked
             log.info("downloading %s", url)
             size = fetch(url, f, timeout, target)
-        log.info("checking %s (%.1f MiB) with the model's reader", name, size / 2 ** 20)
-        rows, clicks, buys = check(tmp, url, target)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would hide the data from other users
-        os.replace(tmp, target)
+            f.flush()
+            log.info("checking %s (%.1f MiB) with the model's reader", name, size / 2 ** 20)
+            rows, clicks, buys = check(f.name, url, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)

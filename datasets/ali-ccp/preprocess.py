@@ -53,13 +53,12 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
 
-from rectools import cli  # noqa: E402
+from rectools import cli
 
-from rectools.checkpoint import atomic_folder  # noqa: E402
-from rectools.errors import DataError, UserError  # noqa: E402
-from rectools.model_loader import import_model_package, model_module  # noqa: E402
+from rectools.atomic import atomic_folder
+from rectools.errors import DataError, UserError
+from rectools.model_loader import import_model_package, model_module
 
 MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
 log = logging.getLogger("preprocess")

@@ -9,3 +9,4 @@ MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
 
 _package = import_model_package(MODEL_DIR)
 BACKBONES = model_module(_package, "config_schema", "runner.model_dir").BACKBONES
+ctr_cvr_report = model_module(_package, "metrics", "runner.model_dir").ctr_cvr_report  # the protocol the tools report

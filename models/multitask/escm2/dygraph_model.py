@@ -4,9 +4,9 @@ import numpy as np
 import paddle
 
 from rectools.contract import DygraphModel as DygraphContract
-from rectools.metrics import ctr_cvr_report
 
 from . import losses, net
+from .metrics import ctr_cvr_report
 
 PREDICTIONS = ("pctr", "pcvr")  # per-sample predictions kept for the metrics, beside the labels
 LABELS = ("click", "buy")
