@@ -1,4 +1,5 @@
 import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -39,6 +40,14 @@ def model_config(overrides=(), keys=None):
     """The model's config.yaml, checked, with -o style overrides."""
     from rectools import model_loader
     return model_loader.load(os.path.join(MODEL_DIR, "config.yaml"), list(overrides))[0]
+
+
+def pairwise_auc(labels, scores):
+    """ROC AUC by its definition over every (positive, negative) pair; ties count half."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
 
 
 def tool_module(name):

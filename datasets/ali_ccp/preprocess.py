@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Raw Ali-CCP (as published on Tianchi, data set 408) -> PaddleRec's line format.
 
-    python datasets/ali-ccp/preprocess.py --skeleton sample_skeleton_train.csv \\
+    python datasets/ali_ccp/preprocess.py --skeleton sample_skeleton_train.csv \\
         --common common_features_train.csv [--test-skeleton sample_skeleton_test.csv \\
         --test-common common_features_test.csv] --out DIR [--min-count 10] [--dev-fraction 0.1] [--seed 0] \\
         [--max-len N] [--force]
@@ -51,8 +51,7 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rectools import cli
 
