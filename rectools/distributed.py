@@ -30,9 +30,13 @@ process alone. The rules, for N processes of ranks 0 .. N-1:
   error line and exits non-zero; paddle.distributed.launch then stops the other ranks (they may
   wait in a collective until it does) and exits non-zero itself.
 """
+import contextlib
 import hashlib
+import io
 import logging
 import os
+import re
+import sys
 
 import numpy as np
 
@@ -253,13 +257,28 @@ def group(config):
         return LOCAL
     import paddle.distributed as dist
     place(config)  # the device first: NCCL binds each rank to the GPU the launcher gave it
-    dist.init_parallel_env()
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            dist.init_parallel_env()
+    finally:
+        sys.stderr.write(without_flags_banner(captured.getvalue()))
     this = Group(dist.get_rank(), dist.get_world_size())
     if not this.main:
         logging.getLogger().setLevel(logging.WARNING)
     log.info("runner.use_fleet: %d processes (%s), this is rank 0; batch n of an epoch is rank n mod %d's",
              this.size, "NCCL" if config["runner.use_gpu"] else "gloo", this.size)
     return this
+
+
+_FLAGS_BANNER = re.compile(r"=+ Modified FLAGS detected =+\n(?:FLAGS\(.*\)\n)*=+\n")
+
+
+def without_flags_banner(text):
+    """`text` (what paddle.distributed.init_parallel_env wrote on stderr) without the "Modified FLAGS
+    detected" banner it prints in every process, listing flags Paddle itself set (its new IR); the
+    rest, if any, is kept."""
+    return _FLAGS_BANNER.sub("", text)
 
 
 def shard_sizes(samples, batch_size, ranks):

@@ -36,8 +36,14 @@ def remember_pass(dataset, shard, samples):
 
 
 def format_metrics(values):
-    """`name: value, ...` of a log line; floats to 6 significant digits."""
-    return ", ".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
+    """`name: value, ...` of a log line; floats with 4 decimals (losses and AUCs line up from one
+    line to the next; the records file holds every figure in full)."""
+    return ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
+
+
+def headline(values):
+    """The figures of a log line out of a record or a window: the loss and the AUCs."""
+    return {k: v for k, v in values.items() if k == "loss" or k.startswith("auc")}
 
 
 def _clock(seconds):

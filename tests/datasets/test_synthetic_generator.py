@@ -140,3 +140,20 @@ def test_without_the_affinity_the_click_logit_is_additive_in_user_item_and_conte
     fit, *_ = np.linalg.lstsq(columns, logit, rcond=None)
     r2 = 1 - np.var(logit - columns @ fit) / np.var(logit)
     assert (r2 > 0.999) if additive else (r2 < 0.95)
+
+
+def test_the_model_readme_gives_the_command_that_made_the_bundled_sample():
+    import os
+    import shlex
+    from conftest import MODEL_DIR
+    from datasets.synthetic import generator
+    with open(os.path.join(MODEL_DIR, "readme.md")) as f:
+        (command,) = [line.strip() for line in f if line.strip().startswith("python datasets/synthetic/generate.py")]
+    out, shape, _, given = generator.parse_arguments(shlex.split(command)[2:])
+    with open(os.path.join(MODEL_DIR, "data", "meta.json")) as f:
+        recorded = json.load(f)["arguments"]
+    defaults = {key.name: key.default for key, _, _ in generator.PARAMETERS}
+    assert out == "models/multitask/escm2/data" and shape == "truth"
+    assert {k: given.get(k, defaults[k]) for k in recorded if k != "attribute_sizes"} == \
+        {k: v for k, v in recorded.items() if k != "attribute_sizes"}
+

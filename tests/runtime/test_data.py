@@ -1,4 +1,5 @@
 """rectools.data: batching, prefetching and parse workers, over the model's Ali-CCP reader."""
+import os
 import threading
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from conftest import MODEL_DIR, model_config, write_lines
 from rectools import model_loader
 from rectools.data import background, batches, process_map
-from rectools.errors import DataError
+from rectools.errors import ConfigError, DataError
 
 reader_module = model_loader.model_module(model_loader.import_model_package(MODEL_DIR), "escm_reader", "test")
 
@@ -86,3 +87,22 @@ def test_process_map_keeps_order_and_raises_the_workers_error():
         for value in process_map(_square_or_fail, range(10), processes=2, ahead=3):
             got.append(value)
     assert got == [0, 1, 4, 9, 16]
+
+
+def test_a_missing_data_folder_beside_a_run_sh_says_how_to_fetch_the_data(tmp_path):
+    from rectools.data import data_files
+    (tmp_path / "run.sh").write_text("exit 0\n")
+    (tmp_path / "README.md").write_text("how to get it\n")
+    with pytest.raises(ConfigError, match=f"runner.train_data_dir: folder not found: {tmp_path}/train_data "
+                                          f"\\(to fetch the data: cd {tmp_path} && sh run.sh; {tmp_path}/README.md"):
+        data_files(str(tmp_path / "train_data"), "runner.train_data_dir")
+
+
+def test_config_bigdata_without_its_data_says_how_to_get_it():
+    config = model_loader.load(os.path.join(MODEL_DIR, "config_bigdata.yaml"))[0]
+    if os.path.isdir(config["runner.train_data_dir"]):
+        pytest.skip("the real data is there")
+    with pytest.raises(ConfigError, match=r"folder not found: .*datasets/ali-ccp/train_data \(to fetch the data: "
+                                          r"cd .*datasets/ali-ccp && sh run.sh"):
+        from rectools.data import data_files
+        data_files(config["runner.train_data_dir"], "runner.train_data_dir")

@@ -281,3 +281,13 @@ def test_an_epoch_gathered_in_rounds_is_whole_and_in_order(monkeypatch, ranks):
         assert isinstance(columns, metrics.Columns) and columns.rows == n
         np.testing.assert_array_equal(columns["sample_id"], np.arange(n))
         np.testing.assert_array_equal(columns["p"], scores)
+
+
+def test_the_flags_banner_of_paddle_is_kept_out_of_the_worker_logs():
+    from rectools.distributed import without_flags_banner
+    banner = ("======================= Modified FLAGS detected =======================\n"
+              "FLAGS(name='FLAGS_enable_pir_in_executor', current_value=True, default_value=False)\n"
+              "=======================================================================\n")
+    assert without_flags_banner(banner) == "" and without_flags_banner("gloo: a real warning\n" + banner) == \
+        "gloo: a real warning\n"
+
