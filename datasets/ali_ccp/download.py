@@ -26,15 +26,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DATA_DIR = os.path.join(REPO, "datasets", "ali-ccp")  # where config_bigdata.yaml looks, and run.sh lives
-
-from rectools import cli
-
-from rectools import model_loader
+from rectools import cli, model_loader
 from rectools.atomic import atomic_file
 from rectools.errors import DataError, UserError
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATA_DIR = os.path.join(REPO, "datasets", "ali-ccp")  # where config_bigdata.yaml looks, and run.sh lives
 CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config_bigdata.yaml")
 TRAIN_URL = "https://paddlerec.bj.bcebos.com/esmm/traindata_10w.csv"
 TEST_URL = "https://paddlerec.bj.bcebos.com/esmm/testdata_10w.csv"

@@ -51,14 +51,12 @@ import time
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from rectools import cli
-
 from rectools.atomic import atomic_folder
 from rectools.errors import DataError, UserError
 from rectools.model_loader import import_model_package, model_module
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
 log = logging.getLogger("preprocess")
 
