@@ -7,7 +7,7 @@ For each file size (default 200,000 lines, then 1,000,000 to show that memory do
    and kept in --out (~12 KB a line: 2.5 GB and 12 GB). Before each measurement the file is read
    once, so that it comes from the page cache as far as memory allows: the figures are parsing
    and training, not the disk.
-2. Reader alone (models/multitask/escm2/escm_reader.py, max_len 3, 737946 ids): lines/s of the first
+2. Reader alone (escm_reader.py over datasets/ali_ccp/lines.py, max_len 3, 737946 ids): lines/s of the first
    pass (text, parse workers, cache written) and of a second pass (the cache); and the line-by-line
    reference parser (the reader of the previous version) on the first 20,000 lines, for the ratio.
 3. Training end to end, tools/trainer.py as a subprocess, batch 1024, DR, two epochs with a fresh
@@ -34,7 +34,6 @@ import threading
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config.yaml")
 GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
 COMMON = ["hyper_parameters.sparse_feature_number=737946", "hyper_parameters.max_len=3",
@@ -94,9 +93,10 @@ def reader_only(path, cache_dir):
             rows += len(chunk["click"])
         speeds.append(rows / (time.perf_counter() - start))
     shutil.rmtree(cache_dir, ignore_errors=True)
-    reference = reader.LineParser(dataset.fields, dataset.max_len, dataset.vocab)
+    from datasets.ali_ccp import line_parser, lines
+    reference = line_parser.LineParser(dataset.fields, dataset.max_len, dataset.vocab)
     start, rows = time.perf_counter(), 0
-    for first_line, block in reader.read_blocks(path, reader.BLOCK_BYTES, dataset.chunk_lines):
+    for first_line, block in lines.read_blocks(path, lines.BLOCK_BYTES, dataset.chunk_lines):
         rows += len(reference.parse(block, path, first_line)[0]["click"])
         if rows >= REFERENCE_LINES:
             break

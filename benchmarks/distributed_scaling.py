@@ -56,7 +56,6 @@ def step_worker(data, cache, out, steps=12):
     """In each process: ms per step by phase over `steps` of its cached batches (after a warm-up),
     wall time and CPU time of the stepping thread (Paddle computes on it: OMP_NUM_THREADS=1; gloo's
     transfers run on threads of their own); rank 0 writes them to `out` as JSON."""
-    sys.path.insert(0, REPO)
     from rectools import cli
     cli.mkl_avx2_on_amd()  # as the tools do, before Paddle loads: the steps measured are the trainer's
     from rectools import distributed, engines, model_loader

@@ -20,7 +20,6 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config.yaml")
 ALI_CCP = ["hyper_parameters.sparse_feature_number=737946", "hyper_parameters.max_len=3",
            "runner.train_batch_size=1024", "runner.epochs=1", "runner.print_interval=100000",

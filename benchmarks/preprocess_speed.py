@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Speed and peak memory of datasets/ali-ccp/preprocess.py on raw files of Ali-CCP's shape.
+"""Speed and peak memory of datasets/ali_ccp/preprocess.py on raw files of Ali-CCP's shape.
 
     python benchmarks/preprocess_speed.py [--rows 100000] [--rows-per-user 58] [--keep]
 
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(REPO, "datasets", "ali-ccp", "preprocess.py")
+TOOL = os.path.join(REPO, "datasets", "ali_ccp", "preprocess.py")
 
 USER_FIELDS = {"121": 98, "122": 14, "124": 3, "125": 8, "127": 4, "128": 3, "129": 5}  # single ids
 BEHAVIOUR_FIELDS = {"109_14": 12_000, "110_14": 150_000, "127_14": 120_000, "150_14": 180_000}

@@ -12,7 +12,7 @@ reader's schema (fields, max_len, vocabulary size, parser version...: whatever c
 the arrays' dtypes and shapes, and the summary. An entry is read only when all of it matches and
 every file has its full size: a stale entry (the file was touched, the schema changed) is rebuilt,
 and a half-written one never exists under its name (it is written in a hidden temporary folder
-and renamed, rectools.checkpoint.atomic_folder). A cache folder that cannot be written leaves the
+and renamed, rectools.atomic). A cache folder that cannot be written leaves the
 reader parsing text, with one log line.
 """
 import hashlib
@@ -23,7 +23,7 @@ import shutil
 
 import numpy as np
 
-from .checkpoint import atomic_folder
+from .atomic import PendingFolder
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -187,14 +187,14 @@ class ArrayCache:
 
 
 class _EntryWriter:
-    """Appends chunks to <name>.bin files in atomic_folder's temporary folder; commit() writes the
-    manifest and lets atomic_folder rename the folder into place, discard() removes it. A write
-    error (disk full...) is logged once and the entry abandoned; reading goes on."""
+    """Appends chunks to <name>.bin files in a PendingFolder; commit() writes the manifest and
+    renames the folder into place, discard() removes it. A write error (disk full...) is logged
+    once and the entry abandoned; reading goes on."""
 
     def __init__(self, final):
         self.final = final
-        self.context = atomic_folder(final)
-        self.tmp = self.context.__enter__()
+        self.pending = PendingFolder(final)
+        self.tmp = self.pending.path
         self.files, self.specs, self.rows, self.open = {}, None, 0, True
 
     def add(self, chunk):
@@ -231,8 +231,9 @@ class _EntryWriter:
             return False
         self.open = False
         try:
-            self.context.__exit__(None, None, None)  # the rename; on failure atomic_folder cleans up
+            self.pending.commit()
         except OSError as e:
+            self.pending.discard()
             log.warning("cannot write cache entry %s (%s): going on without it", self.final, e)
             return False
         return True
@@ -245,8 +246,4 @@ class _EntryWriter:
             self._close()
         except OSError:
             pass
-        self.context.__exit__(_Discarded, _Discarded(), None)  # atomic_folder removes the folder
-
-
-class _Discarded(Exception):
-    pass
+        self.pending.discard()

@@ -1,12 +1,6 @@
-"""Per-epoch checkpoints under <root>/<epoch>/, outputs that appear whole or not at all, and one
-trainer per output folder.
+"""Per-epoch checkpoints under <root>/<epoch>/ and one trainer per output folder.
 
-Outputs are written into a hidden temporary beside the target and renamed into place at the end.
-Temporaries are named `.<target>.<host>-<pid>-<run>.<kind>` (host: a hash of the host name, run:
-random hex): kind `new` is content being written, kind `old` the previous content of a folder moved
-aside while it is replaced. The names let `recover` tell, after a run was killed, what each one was.
-
-A checkpoint's manifest (checkpoint.json) is written last and records the size and sha256 of every
+A checkpoint folder is written whole or not at all (rectools.atomic). A checkpoint's manifest (checkpoint.json) is written last and records the size and sha256 of every
 file; a folder without it, missing a file it lists, or holding a file that differs from it is never
 loaded. `claim` makes a process the only trainer of a folder (a `.lock` file it holds with flock).
 """
@@ -18,14 +12,12 @@ import json
 import logging
 import os
 import pickle
-import re
-import secrets
-import shutil
-import socket
 import time
 
 import numpy as np
 
+from .atomic import HOST, atomic_folder, recover
+from .atomic import atomic_file  # noqa: F401  (checkpoint.atomic_file: the bias study's name for it)
 from .errors import ConfigError
 
 log = logging.getLogger("rectools")
@@ -34,58 +26,6 @@ MANIFEST = "checkpoint.json"
 PARAMS, OPT_STATE = "rec.pdparams", "rec.pdopt"  # parameters (dygraph names, both modes); optimizer state
 INFERENCE_DIR = "inference"  # the exported model inside a checkpoint, with runner.use_inference
 LOCK = ".lock"
-HOST = socket.gethostname()
-_HOST_TAG = hashlib.sha1(HOST.encode()).hexdigest()[:8]  # pids are only comparable on one host
-_TEMP = re.compile(r"\.(?P<target>.+)\.(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<run>[0-9a-f]{8})\.(?P<kind>new|old)")
-
-
-def _temp_names(final):
-    """(new, old): this process's temporaries for `final`, beside it."""
-    parent, base = os.path.split(os.path.abspath(final))
-    stem = os.path.join(parent, f".{base}.{_HOST_TAG}-{os.getpid()}-{secrets.token_hex(4)}")
-    return stem + ".new", stem + ".old"
-
-
-@contextlib.contextmanager
-def atomic_folder(final):
-    """Yields a temporary folder; on success it replaces `final`, on failure it disappears.
-
-    Replacing takes two renames (final -> .old, .new -> final); `recover` finishes the replace of
-    a run killed between them, since a .old exists only once the .new is complete."""
-    new, old = _temp_names(final)
-    os.makedirs(os.path.dirname(new), exist_ok=True)
-    try:  # from the mkdir on: a stop landing just after it must not leave the folder behind
-        os.mkdir(new)  # mode 0777 & ~umask, as readable as any folder its user makes
-        yield new
-        if os.path.exists(final):
-            os.rename(final, old)
-            try:
-                os.rename(new, final)
-            except BaseException:
-                os.rename(old, final)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.rename(new, final)
-    except BaseException:
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_file(final):
-    """Yields an open text file; on success it becomes `final`, on failure it disappears."""
-    new, _ = _temp_names(final)
-    os.makedirs(os.path.dirname(new), exist_ok=True)
-    try:  # from the open on, as in atomic_folder
-        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0666 & ~umask, like open()
-        with os.fdopen(fd, "w") as f:
-            yield f
-        os.replace(new, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(new)
-        raise
 
 
 def _sha256(path):
@@ -244,6 +184,8 @@ def epoch_folder(root, epoch, key):
     folder = os.path.join(root, str(epoch))
     manifest(folder, key)
     return folder
+
+
 # -- one trainer per folder, and what a killed one left ----------------------------------------
 
 _claimed = {}  # real path of a folder -> (lock fd, lock path, pid that claimed it)
@@ -336,61 +278,3 @@ def _holder_text(holder):
     if not holder:
         return "pid unknown: the lock file is not readable"
     return f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('since')}"
-
-
-def _alive(pid):
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _size(path):
-    if not os.path.isdir(path):
-        return os.path.getsize(path)
-    return sum(os.path.getsize(os.path.join(parent, name)) for parent, _, files in os.walk(path) for name in files)
-
-
-def recover(root):
-    """Finish or clear what runs killed on this host left in `root`; returns what was done.
-
-    For the temporaries of a process that is no longer running (see the module's naming): a `.old`
-    whose target is missing means the run died between the two renames of a replace, so its
-    `.new` (complete by then) becomes the target, or the `.old` goes back when there is no `.new`;
-    every other such temporary is removed. Temporaries of live processes and of other hosts are
-    left alone. Logs one line when it did anything."""
-    runs = {}
-    for name in os.listdir(root):
-        match = _TEMP.fullmatch(name)
-        if match and match["host"] == _HOST_TAG and not _alive(int(match["pid"])):
-            key = (match["target"], match["pid"], match["run"])
-            runs.setdefault(key, {})[match["kind"]] = os.path.join(root, name)
-    done = {"finished": [], "restored": [], "removed": 0, "bytes_removed": 0}
-    for (target, _, _), parts in sorted(runs.items()):
-        final = os.path.join(root, target)
-        if "old" in parts and not os.path.lexists(final):
-            if "new" in parts:
-                os.rename(parts.pop("new"), final)
-                done["finished"].append(target)
-            else:
-                os.rename(parts.pop("old"), final)
-                done["restored"].append(target)
-        for path in parts.values():
-            done["bytes_removed"] += _size(path)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-            done["removed"] += 1
-    if done["finished"] or done["restored"] or done["removed"]:
-        what = ([f"finished replacing {', '.join(done['finished'])}"] if done["finished"] else []) + \
-               ([f"restored {', '.join(done['restored'])}"] if done["restored"] else []) + \
-               ([f"removed {done['removed']} temporaries ({done['bytes_removed'] / 1e6:.1f} MB)"]
-                if done["removed"] else [])
-        log.info("recovered %s after a killed run: %s", root, "; ".join(what))
-    return done

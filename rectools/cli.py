@@ -11,7 +11,10 @@ import os
 import signal
 import sys
 
+from . import stops
+from .device import LAUNCHED, launched_processes  # noqa: F401  (cli.LAUNCHED: the launcher's variable)
 from .errors import UserError
+from .stops import Terminated
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for a process stopped by Ctrl-C
 TERMINATED = 143  # 128 + SIGTERM
@@ -26,14 +29,6 @@ GLOG_LEVEL = "2"  # ERROR and above
 # instruction set); MKL_DEBUG_CPU_TYPE=5 makes it take its AVX2 code, which multiplies ~2x faster on
 # these CPUs with the same results. MKL reads it when Paddle's library loads.
 MKL_CPU_TYPE = "MKL_DEBUG_CPU_TYPE"
-LAUNCHED = "PADDLE_TRAINERS_NUM"  # set by paddle.distributed.launch: the number of processes of the job
-
-
-def launched_processes():
-    """The number of processes paddle.distributed.launch started for this job (1 outside one)."""
-    return int(os.environ.get(LAUNCHED, "1") or 1)
-
-
 def mkl_avx2_on_amd(cpuinfo="/proc/cpuinfo", environ=os.environ):
     """Set MKL_DEBUG_CPU_TYPE=5 in `environ` on an AMD CPU with AVX2 when it is not set already (set
     to anything, even empty, it is the user's); returns whether it was set here. Reads `cpuinfo`
@@ -53,63 +48,7 @@ def mkl_avx2_on_amd(cpuinfo="/proc/cpuinfo", environ=os.environ):
     return True
 
 
-class Terminated(BaseException):
-    """SIGTERM in the main thread, raised where the program is, as KeyboardInterrupt is for SIGINT,
-    so that what is being written is removed and the output folder's lock is released."""
-
-
 _STOP_LINES = {KeyboardInterrupt: ("interrupted", INTERRUPTED), Terminated: ("terminated", TERMINATED)}
-_main_pid = None  # the process that installed the stop handlers
-_stop_signal = None  # the exception class of the stop signal that arrived (KeyboardInterrupt or Terminated)
-
-
-def _stopping(kind):
-    global _stop_signal
-    _stop_signal = kind
-    raise kind()
-
-
-def _on_sigint(signum, frame):
-    _stopping(KeyboardInterrupt)
-
-
-def _on_sigterm(signum, frame):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-    if os.getpid() != _main_pid:  # a forked worker (rectools.data.process_map) ends as it would have
-        os.kill(os.getpid(), signal.SIGTERM)
-        return
-    _stopping(Terminated)
-
-
-_inherited_ignored = None  # the stop signals this process was started with ignored (a background job's)
-
-
-def handle_stop_signals():
-    """Make Ctrl-C raise KeyboardInterrupt and SIGTERM raise Terminated in this process, and
-    remember that they came (main thread only; idempotent). See raise_pending_stop. A signal the
-    process was started with ignored (a job started in the background by a shell script) stays
-    ignored, as Python itself leaves it."""
-    global _main_pid, _inherited_ignored
-    _main_pid = os.getpid()
-    if _inherited_ignored is None:
-        _inherited_ignored = {sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) == signal.SIG_IGN}
-    for sig, handler in ((signal.SIGINT, _on_sigint), (signal.SIGTERM, _on_sigterm)):
-        signal.signal(sig, signal.SIG_IGN if sig in _inherited_ignored else handler)
-
-
-def raise_pending_stop():
-    """Raise again a Ctrl-C or SIGTERM that has arrived, if the program is still running. CPython
-    drops an exception raised while a finalizer runs (a generator closed by the garbage collector,
-    say), so a stop that lands there would be lost; the loops call this between batches."""
-    if _stop_signal is not None and os.getpid() == _main_pid:
-        raise _stop_signal()
-
-
-def _quiet_dropped_stop(unraisable, default=sys.unraisablehook):
-    """sys.unraisablehook: a stop that a finalizer dropped is not printed (raise_pending_stop raises
-    it again); anything else is reported as usual."""
-    if not (_stop_signal is not None and isinstance(unraisable.exc_value, _stop_signal)):
-        default(unraisable)
 
 
 def parse_args(description, argv=None):
@@ -138,8 +77,8 @@ def one_line_errors(call, *args):
     except (KeyboardInterrupt, Terminated) as e:
         _stop(*_STOP_LINES[type(e)])
     except Exception as e:
-        if _stop_signal is not None:  # what a stop led to: another process's collective timing out, say
-            _stop(*_STOP_LINES[_stop_signal])
+        if stops.arrived() is not None:  # what a stop led to: another process's collective timing out, say
+            _stop(*_STOP_LINES[stops.arrived()])
         if isinstance(e, UserError):
             _stop(f"error: {e}", e.exit_code)
         if isinstance(e, BrokenPipeError):  # the reader of stdout went away (| head): nothing left to say
@@ -168,8 +107,8 @@ def run_command(call, *args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s - %(levelname)s - %(message)s",
                         handlers=[_StdoutHandler(sys.stdout)], force=True)  # whatever configured logging before, these lines win
     logging.captureWarnings(True)
-    handle_stop_signals()
-    sys.unraisablehook = _quiet_dropped_stop
+    stops.handle_stop_signals()
+    sys.unraisablehook = stops.quiet_dropped_stop
     result = one_line_errors(call, *args)
     # the work is done and its outputs whole: held from here, a stop arriving while Python and Paddle
     # shut down changes nothing, where the default action would end the process silently
@@ -192,8 +131,8 @@ def load_paddle():
     held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         import paddle  # noqa: F401
-        if _main_pid == os.getpid():
-            handle_stop_signals()
+        if stops.handled_here():
+            stops.handle_stop_signals()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 

@@ -12,7 +12,7 @@ A model folder is a directory of Python modules loaded as one package (relative 
 
 Data moves as numpy arrays. A *batch* is a dict of arrays that share their first dimension (B
 samples); every reader yields an int64 `sample_id` [B] among them, the rest is the model's own (for
-ESCM2: `ids` int64 [B, fields, max_len], `click`, `buy` int64 [B]). *Predictions* are what a model adds
+a multi-task model: id arrays, its labels). *Predictions* are what a model adds
 to the metrics of an epoch: named 1-D arrays, one value per sample, in batch order; the loop adds the
 batch's `sample_id` beside them, so whoever receives an epoch's predictions (metrics, a benchmark,
 another process) can tell which sample each belongs to.
@@ -165,6 +165,7 @@ class StaticModel(ABC):
     recalibrate: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None  # as DygraphModel's
 
 
+READER_KEYS = ("runner.train_reader_path", "runner.infer_reader_path")  # declared by each model folder
 SERVING_NAMES = ("MODEL", "PARAMS", "SIGNATURE", "OUTPUTS")
 SERVING_FUNCTIONS = {
     "export": "export(net, config, out_dir): write the inference model of the dygraph net into out_dir",
@@ -188,8 +189,11 @@ def check_model_folder(package, config) -> List[str]:
     schema = model_module(package, "config_schema", "model folder")
     if not isinstance(getattr(schema, "KEYS", None), list) or not callable(getattr(schema, "validate", None)):
         problems.append("config_schema: KEYS (a list of rectools.config.Key) and validate(config)")
-    for key in ("runner.train_reader_path", "runner.infer_reader_path"):
-        declares(config[key], "RecDataset", Reader)
+    for key in READER_KEYS:
+        if key not in config.schema:
+            problems.append(f"config_schema: KEYS declares no {key} (the name of its reader module)")
+        else:
+            declares(config[key], "RecDataset", Reader)
     declares("dygraph_model", "DygraphModel", DygraphModel)
     if has_module(package, "static_model"):
         declares("static_model", "StaticModel", StaticModel)

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cli import raise_pending_stop
 from .errors import ConfigError, UserError
 from .model_loader import model_module
+from .stops import raise_pending_stop
 
 PREFETCH = 4  # batches made ahead of the training step
 
@@ -32,12 +32,23 @@ def data_files(folder, key):
     if folder is None:
         raise ConfigError(f"{key} is not set")
     if not os.path.isdir(folder):
-        raise ConfigError(f"{key}: folder not found: {folder}")
+        raise ConfigError(f"{key}: folder not found: {folder}{_how_to_get(folder)}")
     files = sorted(os.path.join(folder, name) for name in os.listdir(folder)
                    if not name.startswith(".") and os.path.isfile(os.path.join(folder, name)))
     if not files:
         raise ConfigError(f"{key}: no data files in {folder}")
     return files
+
+
+def _how_to_get(folder):
+    """What the folder above a missing data folder offers for getting the data: its run.sh
+    (PaddleRec's habit for a data set's folder) or its README.md, as a clause; '' for neither."""
+    parent = os.path.dirname(os.path.abspath(folder))
+    readme = os.path.join(parent, "README.md")
+    more = f"; {readme} says more" if os.path.isfile(readme) else ""
+    if os.path.isfile(os.path.join(parent, "run.sh")):
+        return f" (to fetch the data: cd {parent} && sh run.sh{more})"
+    return f" (see {readme} for how to get the data)" if more else ""
 
 
 def open_data(path):

@@ -32,39 +32,20 @@ process alone. The rules, for N processes of ranks 0 .. N-1:
 """
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import re
+import sys
 
 import numpy as np
 
 from . import metrics
-from .cli import launched_processes
 from .data import Shard
-from .engines import dygraph_mode
+from .device import collective, dygraph_mode, launched_processes, place
 from .errors import ConfigError, UserError
 
 log = logging.getLogger("rectools")
-
-
-
-_GAVE_UP = re.compile(r"gloo|nccl|timeout|timed out|connection|socket|closed", re.IGNORECASE)
-
-
-@contextlib.contextmanager
-def collective():
-    """Around a collective (the gradient exchange of a step included): the RuntimeError Paddle
-    raises when the others never come (gloo's TIMEOUT, a closed connection: another process of the
-    job stopped or failed first, the launcher stopping the processes one by one) becomes a
-    UserError, one line, instead of a traceback."""
-    try:
-        yield
-    except RuntimeError as e:
-        if not _GAVE_UP.search(str(e)):
-            raise
-        detail = next(line.strip() for line in str(e).splitlines() if line.strip())
-        raise UserError(f"another process of this job stopped or failed, so a collective with it gave up "
-                        f"({detail[:200]})") from None
 
 
 class Group:
@@ -275,15 +256,29 @@ def group(config):
                  "--nproc_per_node N ...)")
         return LOCAL
     import paddle.distributed as dist
-    from .engines import place
     place(config)  # the device first: NCCL binds each rank to the GPU the launcher gave it
-    dist.init_parallel_env()
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            dist.init_parallel_env()
+    finally:
+        sys.stderr.write(without_flags_banner(captured.getvalue()))
     this = Group(dist.get_rank(), dist.get_world_size())
     if not this.main:
         logging.getLogger().setLevel(logging.WARNING)
     log.info("runner.use_fleet: %d processes (%s), this is rank 0; batch n of an epoch is rank n mod %d's",
              this.size, "NCCL" if config["runner.use_gpu"] else "gloo", this.size)
     return this
+
+
+_FLAGS_BANNER = re.compile(r"=+ Modified FLAGS detected =+\n(?:FLAGS\(.*\)\n)*=+\n")
+
+
+def without_flags_banner(text):
+    """`text` (what paddle.distributed.init_parallel_env wrote on stderr) without the "Modified FLAGS
+    detected" banner it prints in every process, listing flags Paddle itself set (its new IR); the
+    rest, if any, is kept."""
+    return _FLAGS_BANNER.sub("", text)
 
 
 def shard_sizes(samples, batch_size, ranks):

@@ -19,32 +19,9 @@ import numpy as np
 import paddle
 
 from .checkpoint import check_fits
+from .device import collective, dygraph_mode, place, processes
 from .errors import ConfigError
 from .model_loader import model_module
-
-
-def place(config):
-    """Select the device of runner.use_gpu for this process; a CUDA request on a CPU build is a ConfigError."""
-    if config["runner.use_gpu"]:
-        if not paddle.is_compiled_with_cuda():
-            raise ConfigError(f"{config.path}: runner.use_gpu is True but this Paddle build has no CUDA "
-                              f"(use -o runner.use_gpu=False)")
-        return paddle.set_device("gpu")  # under paddle.distributed.launch: the GPU it gave this process
-    paddle.set_device("cpu")
-    return paddle.CPUPlace()
-
-
-@contextlib.contextmanager
-def dygraph_mode():
-    """Dygraph for the duration, whatever mode the process is in."""
-    static = not paddle.in_dynamic_mode()
-    if static:
-        paddle.disable_static()
-    try:
-        yield
-    finally:
-        if static:
-            paddle.enable_static()
 
 
 def parameter_hint(package):
@@ -66,14 +43,6 @@ def dygraph_network(config, package, params=None):
     return contract, net
 
 
-def processes(config):
-    """Processes training together: paddle.distributed's world size with runner.use_fleet, else 1."""
-    if not config["runner.use_fleet"]:
-        return 1
-    import paddle.distributed as dist
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
 class DygraphEngine:
     mode = "dygraph"
 
@@ -92,7 +61,6 @@ class DygraphEngine:
         terms = self.contract.train_forward(self.trained, metrics, batch, self.config)
         exchange = contextlib.nullcontext()
         if self.trained is not self.model:  # DataParallel: backward exchanges the gradients
-            from .distributed import collective  # (distributed imports this module)
             exchange = collective()
         with exchange:
             (terms["loss"] if weight == 1.0 else terms["loss"] * weight).backward()

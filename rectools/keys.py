@@ -1,14 +1,13 @@
-"""The runner keys every model folder shares. A model folder adds its own in config_schema.py."""
+"""The runner keys every model folder shares. A model folder adds its own in config_schema.py,
+among them runner.train_reader_path and runner.infer_reader_path (its reader modules: only the
+model folder knows their names; rectools.contract checks that it declares them)."""
 from .config import Key
 
 RUNNER_KEYS = [
     Key("runner.model_dir", "path", None,
         "folder of the model (see rectools/contract.py); default: the config file's folder"),
     Key("runner.train_data_dir", "path", None, "folder of training files (every file in it is read, sorted by name)"),
-    Key("runner.train_reader_path", "str", None,
-        "reader module in the model folder (defines RecDataset); a model folder may give it a default"),
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
-    Key("runner.infer_reader_path", "str", None, "reader module used by infer, export checks and predict"),
     Key("runner.cache_dir", "optional_path", None,
         "where parsed data files are cached (per file, checked against the file's size and mtime); unset or null: "
         "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none or '': no cache"),
@@ -51,7 +50,7 @@ RUNNER_KEYS = [
         "PaddleRec's names of the exported inputs; the inputs here are always named after the fields",
         ignored=True),
     Key("runner.save_inference_fetch_varnames", "str_list", None,
-        "PaddleRec's names of the exported outputs; the outputs here are always pctr, pcvr, pctcvr",
+        "PaddleRec's names of the exported outputs; the outputs here are named by the model folder's serving.py",
         ignored=True),
     Key("runner.use_auc", "bool", True, "PaddleRec's switch for its bucketed AUC; AUC here is always exact",
         ignored=True),

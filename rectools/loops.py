@@ -18,7 +18,7 @@ from .distributed import LOCAL
 from .engines import ENGINES
 from .errors import ConfigError, UserError
 from .metrics import Accumulator
-from .progress import Progress, expected_samples, remember_pass
+from .progress import Progress, expected_samples, format_metrics, headline, remember_pass
 
 log = logging.getLogger("rectools")
 
@@ -60,7 +60,7 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
             if curves is not None:
                 curves.add("batch", {**{k: (v - at_mark.get(k, 0.0)) / samples for k, v in sums.items()}, **window},
                            curves.batches + progress.batches)
-            progress.line({**{k: v / progress.samples for k, v in sums.items()}, **window})
+            progress.line(headline({**{k: v / progress.samples for k, v in sums.items()}, **window}))
             at_mark = dict(sums)
     remember_pass(dataset, shard, progress.samples)
     seconds = progress.seconds()
@@ -85,9 +85,9 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
 
 def log_record(prefix, record):
     """The epoch's line: its loss, AUCs and throughput; every other figure is in the records file."""
-    figures = {k: v for k, v in record.items() if k == "loss" or k.startswith("auc")}
+    figures = headline(record)
     line = ", ".join([f"{prefix}: {record['epoch']}" + (" done" if prefix == "epoch" else "")]
-                     + ([records.format_metrics(figures)] if figures else []))
+                     + ([format_metrics(figures)] if figures else []))
     if record.get("ips") is not None:
         line += f", ips: {record['ips']:.1f} ins/s"
     undefined = [k for k, v in figures.items() if k.startswith("auc") and isinstance(v, float) and math.isnan(v)]
@@ -119,12 +119,15 @@ def _prepare(config, package, mode, group, shard, gather, train, dataset=None):
     """(dataset, engine, batch size, shard, gather) of a training or evaluation run: the data of
     train_data_dir or test_data_dir (unless `dataset` is given), the engine of `mode`, and the
     seams defaulting to `group`'s."""
-    split = "train" if train else "infer"
-    data_key = "runner.train_data_dir" if train else "runner.test_data_dir"
-    if dataset is None:
-        dataset = reader(config, package, data_key, f"runner.{split}_reader_path")
+    if train:
+        if dataset is None:
+            dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
+        batch_size = config["runner.train_batch_size"]
+    else:
+        if dataset is None:
+            dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
+        batch_size = config["runner.infer_batch_size"]
     engine = ENGINES[mode](config, package, train=train)
-    batch_size = config[f"runner.{split}_batch_size"]
     group.check_data(dataset.file_list)
     return (dataset, engine, batch_size, group.shard if shard is None else shard,
             group.gather(batch_size) if gather is None else gather)
@@ -148,6 +151,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     if config["runner.model_init_path"]:
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
                                                  "runner.model_init_path", True, dataset.layout()) + 1
+        log.info("resuming from %s (epoch %d)", config["runner.model_init_path"], first_epoch - 1)
     metrics_file = os.path.join(save_root, records.TRAIN)
     run = records.new_run()
     curves, earlier = None, []
@@ -222,6 +226,24 @@ def _epochs(epochs):
     return ", ".join(map(str, epochs))
 
 
+def _checkpoints_to_evaluate(root, epochs):
+    """<root>/<epoch> of each of `epochs`, each a complete checkpoint; a ConfigError
+    (runner.infer_load_path) when one is missing, naming the epochs `root` holds and the overrides
+    that evaluate them (a run trained for fewer epochs than the config's runner.epochs)."""
+    missing = [e for e in epochs if not os.path.isdir(os.path.join(root, str(e)))]
+    if missing:
+        held = sorted(records.saved_manifests(root)) if os.path.isdir(root) else []
+        if held:
+            start = f"runner.infer_start_epoch={held[0]} " if held[0] < epochs[0] else ""
+            hint = (f"{root} holds epoch(s) {_epochs(held)}: evaluate them with -o {start}runner.infer_end_epoch="
+                    f"{held[-1] + 1}, or train up to epoch {missing[-1]} (runner.epochs={missing[-1] + 1})")
+        else:
+            hint = f"{root} holds no checkpoint: train first (tools/trainer.py with this config)"
+        raise ConfigError(f"runner.infer_load_path: checkpoint folder not found: "
+                          f"{os.path.join(root, str(missing[0]))}; {hint}")
+    return [checkpoint.epoch_folder(root, e, "runner.infer_load_path") for e in epochs]
+
+
 def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL, keep_predictions=False):
     """tools/infer.py and tools/static_infer.py: evaluates the checkpoints of epochs infer_start_epoch
     .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each (replacing the line of
@@ -238,7 +260,7 @@ def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     if not epochs:
         raise ConfigError(f"{config.path}: no epochs to evaluate: runner.infer_start_epoch="
                           f"{config['runner.infer_start_epoch']}, runner.infer_end_epoch={end}")
-    folders = [checkpoint.epoch_folder(load_root, e, "runner.infer_load_path") for e in epochs]  # fail early
+    folders = _checkpoints_to_evaluate(load_root, epochs)  # fail early
     dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=False)
     metrics_file = os.path.join(output_folder(config), records.INFER) if group.main else None
     curves = curves_for(config, "infer", records.new_run()) if group.main else None

@@ -6,8 +6,9 @@ exact (no threshold buckets, so the tiny pCTCVR values of conversion data keep t
 distribution sort: a histogram of the scores' leading bits orders every pair of items in
 different buckets, and only the items of buckets holding both classes are ranked, at most
 SORT_ROWS of them in memory at once. Memory is the same for an epoch of 200 thousand impressions
-as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns), ~26 while
-the AUCs run (their buckets' files).
+as for one of 38 million; the disk holds 18 bytes an impression for two float32 scores and two
+int8 labels, ~26 while the AUCs run (their buckets' files). A model's own evaluation protocol
+(its metrics.py) is built from these.
 """
 import contextlib
 import fcntl
@@ -204,9 +205,10 @@ def _records(path, record):
             yield rows["hit"], rows["key"]
 
 
-def _auc(chunks, n_pos, n_neg):
-    """ROC AUC of (labels, scores) chunks with n_pos positive and n_neg negative labels; NaN when
-    a class is absent."""
+def chunked_auc(chunks, n_pos, n_neg):
+    """ROC AUC of the (labels, scores) chunks that `chunks()` yields (called again for each pass;
+    labels 0/1 [k], scores [k] of any real dtype), with n_pos positive and n_neg negative labels in
+    all; NaN when a class is absent. Exact, in memory bounded by SORT_ROWS."""
     if n_pos == 0 or n_neg == 0:
         return float("nan")
     keyed = lambda: ((np.asarray(y).astype(bool), order_keys(s)) for y, s in chunks())  # noqa: E731
@@ -219,12 +221,12 @@ def auc(labels, scores):
     absent. Exact; memory bounded by SORT_ROWS beyond the inputs."""
     columns = Columns.of({"labels": labels, "scores": scores})
     n_pos = int(np.count_nonzero(columns["labels"]))
-    return _auc(lambda: columns.chunks("labels", "scores"), n_pos, columns.rows - n_pos)
+    return chunked_auc(lambda: columns.chunks("labels", "scores"), n_pos, columns.rows - n_pos)
 
 
 # ----------------------------------------------------------------------------- the other figures
 
-def _cross_entropy_sum(labels, probs):
+def cross_entropy_sum(labels, probs):
     """Sum of -(y log p + (1 - y) log(1 - p)) in float64, p clipped to [EPS, 1 - EPS]; labels may be soft."""
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1 - EPS)
     y = np.asarray(labels, dtype=np.float64)
@@ -234,56 +236,7 @@ def _cross_entropy_sum(labels, probs):
 def logloss(labels, probs):
     """Mean binary cross-entropy of probabilities `probs` [n] (clipped to [EPS, 1 - EPS]) against
     `labels` [n], 0/1 or soft (probabilities); NaN for no items."""
-    return _cross_entropy_sum(labels, probs) / len(labels) if len(labels) else float("nan")
-
-
-def ctr_cvr_report(predictions):
-    """The ESMM/ESCM2 protocol: CTR and CTCVR over all impressions, CVR over clicked ones.
-
-    predictions: a Columns, or any mapping of name -> 1-D array [n], with `pctr` and `pcvr`
-    (probabilities, float32 or float64, ranked as given) and `click` and `buy` (0/1, any integer
-    dtype). pCTCVR = pCTR * pCVR in float64, so that its tiny values keep their order. One pass
-    for the sums, then the AUCs (rectools.metrics.auc), in memory bounded whatever n."""
-    columns = Columns.of(predictions)
-    names = ("pctr", "pcvr", "click", "buy")
-    s = dict.fromkeys(["ll_ctr", "ll_cvr", "ll_ctcvr", "pctr", "pcvr_clicked", "pctcvr", "pcvr",
-                       "clicks", "conversions", "clicked_conversions"], 0.0)
-    for pctr, pcvr, click, buy in columns.chunks(*names):
-        clicked = click == 1
-        pctcvr = pctr.astype(np.float64) * pcvr
-        s["ll_ctr"] += _cross_entropy_sum(click, pctr)
-        s["ll_cvr"] += _cross_entropy_sum(buy[clicked], pcvr[clicked])
-        s["ll_ctcvr"] += _cross_entropy_sum(buy, pctcvr)
-        s["pctr"] += float(pctr.sum(dtype=np.float64))
-        s["pcvr_clicked"] += float(pcvr[clicked].sum(dtype=np.float64))
-        s["pctcvr"] += float(pctcvr.sum())
-        s["pcvr"] += float(pcvr.sum(dtype=np.float64))
-        s["clicks"] += int(np.count_nonzero(clicked))
-        s["conversions"] += int(np.count_nonzero(buy == 1))
-        s["clicked_conversions"] += int(np.count_nonzero(buy[clicked] == 1))
-    n, clicks, conversions = columns.rows, int(s["clicks"]), int(s["conversions"])
-    cvr_conversions = int(s["clicked_conversions"])
-
-    def ratio(total, count):  # calibration too: summed predictions over summed labels, >1 over-estimates
-        return total / count if count else float("nan")
-
-    return {
-        "auc_ctr": _auc(lambda: columns.chunks("click", "pctr"), clicks, n - clicks),
-        "auc_cvr": _auc(lambda: ((b[c == 1], v[c == 1]) for c, b, v in columns.chunks("click", "buy", "pcvr")),
-                        cvr_conversions, clicks - cvr_conversions),
-        "auc_ctcvr": _auc(lambda: ((b, p.astype(np.float64) * v) for b, p, v in columns.chunks("buy", "pctr", "pcvr")),
-                          conversions, n - conversions),
-        "logloss_ctr": ratio(s["ll_ctr"], n),
-        "logloss_cvr": ratio(s["ll_cvr"], clicks),
-        "logloss_ctcvr": ratio(s["ll_ctcvr"], n),
-        "calibration_ctr": ratio(s["pctr"], clicks),
-        "calibration_cvr": ratio(s["pcvr_clicked"], cvr_conversions),
-        "calibration_ctcvr": ratio(s["pctcvr"], conversions),
-        "mean_pcvr": ratio(s["pcvr"], n),
-        "samples": n,
-        "clicks": clicks,
-        "conversions": conversions,
-    }
+    return cross_entropy_sum(labels, probs) / len(labels) if len(labels) else float("nan")
 
 
 # ----------------------------------------------------------------------------- an epoch's predictions

@@ -32,8 +32,21 @@ def has_module(package, module):
 def model_module(package, module, key):
     """A module of the model folder; `key` names the config key that chose it, for the error."""
     if not has_module(package, module):
-        raise ConfigError(f"{key}: no module {module}.py in the model folder {package.__path__[0]}")
+        raise ConfigError(f"{key}: no module {module}.py in the model folder {package.__path__[0]}"
+                          f"{_readers_hint(package, key)}")
     return importlib.import_module(f"{package.__name__}.{module}")
+
+
+def _readers_hint(package, key):
+    """For a reader key (runner.*_reader_path): the folder's reader modules (*_reader.py) and the
+    override that picks one, as a clause; '' otherwise. A config written for another framework's
+    copy of a model may name a reader that this folder does not hold."""
+    if not key.endswith("_reader_path"):
+        return ""
+    readers = sorted(name[:-3] for name in os.listdir(package.__path__[0]) if name.endswith("_reader.py"))
+    if not readers:
+        return ""
+    return f"; its readers: {', '.join(readers)} (choose one with -o {key}=<reader>)"
 
 
 def locate(sources):
@@ -52,15 +65,6 @@ def load(config_path, overrides=()):
     config = load_config(sources, (), RUNNER_KEYS + schema.KEYS)
     schema.validate(config)
     return config, package
-
-
-def study_module(suite_path, overrides=(), module="bias_study", key="suite.model_config"):
-    """The `module` of the model folder whose config a suite names under `key` (tools/bias_study.py)."""
-    given = Sources(suite_path, overrides).resolved({key: None}, known_only=True)
-    if key not in given:
-        raise ConfigError(f"{os.path.abspath(suite_path)}: {key} is required (the model config the suite runs)")
-    value, _, base = given[key]
-    return model_module(locate(Sources(resolve_path(str(value), base), ())), module, key)
 
 
 def call_model_function(call):

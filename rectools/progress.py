@@ -4,7 +4,6 @@ import logging
 import time
 import weakref
 
-from . import records
 from .data import Shard
 
 log = logging.getLogger("rectools")
@@ -34,6 +33,17 @@ def remember_pass(dataset, shard, samples):
         _passes.setdefault(dataset, {})[shard] = samples
     except TypeError:
         pass
+
+
+def format_metrics(values):
+    """`name: value, ...` of a log line; floats with 4 decimals (losses and AUCs line up from one
+    line to the next; the records file holds every figure in full)."""
+    return ", ".join(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
+
+
+def headline(values):
+    """The figures of a log line out of a record or a window: the loss and the AUCs."""
+    return {k: v for k, v in values.items() if k == "loss" or k.startswith("auc")}
 
 
 def _clock(seconds):
@@ -66,7 +76,7 @@ class Progress:
     def line(self, details=None):
         """Log the progress line with `details` ({name: value}) and start the next span."""
         now = time.perf_counter()
-        parts = [f"{self.prefix}, batch_id: {self.batches}"] + ([records.format_metrics(details)] if details else [])
+        parts = [f"{self.prefix}, batch_id: {self.batches}"] + ([format_metrics(details)] if details else [])
         parts.append(f"ips: {self.span[1] / max(now - self.mark, 1e-9):.1f} ins/s")
         if self.total and self.total > self.samples:
             parts.append(f"eta: {_clock((self.total - self.samples) * (now - self.start) / self.samples)}")

@@ -22,6 +22,7 @@ import secrets
 import time
 
 from . import checkpoint
+from .atomic import atomic_file
 from .errors import ConfigError
 
 log = logging.getLogger("rectools")
@@ -69,7 +70,7 @@ def read(path):
 
 def write(path, found):
     """`found` (records) as the whole content of `path`, which is replaced only once it is on disk."""
-    with checkpoint.atomic_file(path) as f:
+    with atomic_file(path) as f:
         f.writelines(json.dumps(clean(record)) + "\n" for record in found)
         f.flush()
         os.fsync(f.fileno())
@@ -124,10 +125,6 @@ def recover(path, root):
         log.info("%s: restored the record of epoch(s) %s from their checkpoints", path,
                  ", ".join(map(str, restored)))
     return restored
-
-
-def format_metrics(values):
-    return ", ".join(f"{k}: {v:.6g}" if isinstance(v, float) else f"{k}: {v}" for k, v in values.items())
 
 
 class Curves:

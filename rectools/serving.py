@@ -11,9 +11,11 @@ import numpy as np
 import paddle
 
 from . import checkpoint
+from .atomic import atomic_file, atomic_folder
 from .data import epoch_batches, no_samples, reader
 from .distributed import LOCAL
-from .engines import dygraph_mode, dygraph_network, place
+from .device import dygraph_mode, place
+from .engines import dygraph_network
 from .errors import ConfigError
 from .progress import Progress, expected_samples
 from .model_loader import model_module
@@ -77,7 +79,7 @@ def export_checkpoint(config, package):
                                                                   LAYOUT}:
         raise ConfigError(f"runner.export_dir: {target} exists and is not an exported model: not replacing it")
     params = checkpoint.load_arrays(os.path.join(source, checkpoint.PARAMS), "runner.export_checkpoint")
-    with checkpoint.atomic_folder(target) as tmp:
+    with atomic_folder(target) as tmp:
         export(config, package, params, tmp, layout)
     log.info("exported %s to %s", source, target)
     return target
@@ -148,7 +150,7 @@ def predict(config, package, group=LOCAL):
             yield batch["sample_id"], run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
 
     progress = Progress("predict", config["runner.print_interval"], expected_samples(dataset))
-    with checkpoint.atomic_file(output) if group.main else contextlib.nullcontext() as f:
+    with atomic_file(output) if group.main else contextlib.nullcontext() as f:
         if group.main:
             f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
         for sample_id, values in group.in_order(scored()):  # every rank's batches on rank 0, none on the others

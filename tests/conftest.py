@@ -1,3 +1,5 @@
+import importlib.util
+import itertools
 import json
 import os
 import subprocess
@@ -10,8 +12,6 @@ MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
 CONFIG = os.path.join(MODEL_DIR, "config.yaml")
 GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
 SHARED_ALI_CCP = os.path.join(os.path.dirname(REPO), "shared", "data", "ali-ccp", "paddlerec-small")
-
-sys.path.insert(0, REPO)
 
 
 @pytest.fixture
@@ -40,6 +40,22 @@ def model_config(overrides=(), keys=None):
     """The model's config.yaml, checked, with -o style overrides."""
     from rectools import model_loader
     return model_loader.load(os.path.join(MODEL_DIR, "config.yaml"), list(overrides))[0]
+
+
+def pairwise_auc(labels, scores):
+    """ROC AUC by its definition over every (positive, negative) pair; ties count half."""
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def tool_module(name):
+    """tools/<name>.py imported as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def documented_reference(path):

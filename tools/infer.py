@@ -1,11 +1,6 @@
 """Evaluate a model folder's checkpoints in dygraph mode: python -u tools/infer.py -m CONFIG [-o key=value ...]
 Several processes: python -m paddle.distributed.launch --nproc_per_node N tools/infer.py -m CONFIG -o runner.use_fleet=True"""
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from rectools import cli  # noqa: E402  (no Paddle yet: it loads inside cli's frame)
+from rectools import cli  # (no Paddle yet: it loads inside cli's frame)
 
 
 def main(config, package):

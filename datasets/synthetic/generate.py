@@ -5,16 +5,11 @@
         --selection-bias 0.5 --ctr 0.04 --cvr 0.05 [--gzip] [--force]
     python datasets/synthetic/generate.py --shape real --out DIR --train 200000 --test 1000 [--md5]
 
-The generator itself is the model folder's synthetic.py (models/multitask/escm2/synthetic.py),
-where the bias study imports it; --help lists every parameter."""
-import os
+The generator itself is datasets/synthetic/generator.py, where the bias study imports it; --help
+lists every parameter."""
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, REPO)
-
-from rectools.model_loader import import_model_package, model_module  # noqa: E402
+from datasets.synthetic import generator
 
 if __name__ == "__main__":
-    package = import_model_package(os.path.join(REPO, "models", "multitask", "escm2"))
-    sys.exit(model_module(package, "synthetic", "generator").main())
+    sys.exit(generator.main())

@@ -6,9 +6,9 @@ import numpy as np
 import paddle
 
 from rectools.contract import DygraphModel as DygraphContract
-from rectools.metrics import ctr_cvr_report
 
 from . import balance, losses, net
+from .metrics import ctr_cvr_report
 
 log = logging.getLogger("rectools")
 

@@ -13,6 +13,8 @@ from paddle.static import InputSpec
 
 from rectools.serving import save_inference_model
 
+from .fields import fields as model_fields
+
 OUTPUTS = ("pctr", "pcvr", "pctcvr")
 MODEL, PARAMS, SIGNATURE = "model.json", "model.pdiparams", "serving.json"
 
@@ -34,7 +36,7 @@ class PerFieldInputs(paddle.nn.Layer):
 
 def export(net, config, out_dir):
     """Write the inference model of `net` into out_dir (created; its files are replaced)."""
-    fields, max_len = config["hyper_parameters.fields"], config["hyper_parameters.max_len"]
+    fields, max_len = model_fields(config), config["hyper_parameters.max_len"]
     spec = [[InputSpec([None, max_len], "int64", name=input_name(f)) for f in fields]]
     net.eval()
     save_inference_model(PerFieldInputs(net), spec, OUTPUTS, out_dir, MODEL)
@@ -44,10 +46,10 @@ def export(net, config, out_dir):
 
 def signature(config):
     """What a served model and the data fed to it must agree on."""
-    return {"inputs": [input_name(f) for f in config["hyper_parameters.fields"]],
+    return {"inputs": [input_name(f) for f in model_fields(config)],
             "max_len": config["hyper_parameters.max_len"], "outputs": list(OUTPUTS)}
 
 
 def inputs(batch, config):
     """A reader batch as the exported model's inputs."""
-    return {input_name(f): batch["ids"][:, i, :] for i, f in enumerate(config["hyper_parameters.fields"])}
+    return {input_name(f): batch["ids"][:, i, :] for i, f in enumerate(model_fields(config))}

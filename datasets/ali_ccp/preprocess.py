@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Raw Ali-CCP (as published on Tianchi, data set 408) -> PaddleRec's line format.
 
-    python datasets/ali-ccp/preprocess.py --skeleton sample_skeleton_train.csv \\
+    python datasets/ali_ccp/preprocess.py --skeleton sample_skeleton_train.csv \\
         --common common_features_train.csv [--test-skeleton sample_skeleton_test.csv \\
         --test-common common_features_test.csv] --out DIR [--min-count 10] [--dev-fraction 0.1] [--seed 0] \\
         [--max-len N] [--force]
@@ -51,16 +51,12 @@ import time
 
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
+from rectools import cli
+from rectools.atomic import atomic_folder
+from rectools.errors import DataError, UserError
+from rectools.model_loader import import_model_package, model_module
 
-from rectools import cli  # noqa: E402
-
-from rectools.checkpoint import atomic_folder  # noqa: E402
-from rectools.errors import DataError, UserError  # noqa: E402
-from rectools.model_loader import import_model_package, model_module  # noqa: E402
-
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
 log = logging.getLogger("preprocess")
 

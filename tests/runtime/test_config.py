@@ -3,7 +3,7 @@ import os
 import pytest
 import yaml
 
-from conftest import MODEL_DIR, PADDLEREC_CONFIG, documented_reference, model_config, run_tool
+from conftest import MODEL_DIR, PADDLEREC_CONFIG, documented_reference, model_config, run_tool, tool_module
 from rectools import model_loader
 from rectools.config import Key, load_config
 from rectools.errors import ConfigError
@@ -241,6 +241,24 @@ def test_paddlerec_config_keys_are_all_accepted(tmp_path):
 
 
 def test_the_model_readme_documents_every_key_as_the_schema_says():
-    from tools.config_doc import reference
+    reference = tool_module("config_doc").reference
     documented = documented_reference(os.path.join(MODEL_DIR, "readme.md"))
     assert documented == reference(MODEL_DIR), "regenerate with: python tools/config_doc.py models/multitask/escm2"
+
+
+def test_a_paddlerec_reader_name_the_folder_lacks_names_the_readers_it_has():
+    from rectools import model_loader
+    package = model_loader.import_model_package(MODEL_DIR)
+    with pytest.raises(ConfigError, match=r"runner.infer_reader_path: no module esmm_reader.py in the model folder .*; "
+                                          r"its readers: csv_reader, escm_reader \(choose one with -o "
+                                          r"runner.infer_reader_path=<reader>\)"):
+        model_loader.model_module(package, "esmm_reader", "runner.infer_reader_path")
+
+
+def test_config_csv_carries_the_current_defaults_of_the_correction():
+    from rectools import model_loader
+    csv, _ = model_loader.load(os.path.join(MODEL_DIR, "config_csv.yaml"))
+    schema = csv.schema
+    for key in ("runner.counterfact_mode", "hyper_parameters.ipw_normalization", "hyper_parameters.propensity_floor",
+                "hyper_parameters.interaction"):
+        assert csv[key] == schema[key].default, key

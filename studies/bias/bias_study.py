@@ -30,10 +30,10 @@ from rectools import checkpoint, engines, loops, model_loader
 from rectools.config import REQUIRED, Key, load_config
 from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError
-from rectools.metrics import auc, ctr_cvr_report, logloss
+from rectools.metrics import auc, logloss
 
-from . import synthetic
-from .config_schema import BACKBONES
+from datasets.synthetic import generator as synthetic
+from studies.bias.escm2 import BACKBONES, ctr_cvr_report
 
 log = logging.getLogger("rectools")
 

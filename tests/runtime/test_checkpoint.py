@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, REPO, run_tool, write_lines
-from rectools import checkpoint
+from rectools import atomic, checkpoint
 from rectools.errors import ConfigError
 
 CONFIG = os.path.join(MODEL_DIR, "config.yaml")
@@ -76,11 +76,11 @@ def test_a_checkpoint_missing_a_listed_file_or_with_a_broken_manifest_is_refused
 def test_atomic_file_appears_only_when_complete(tmp_path):
     target = tmp_path / "out.csv"
     with pytest.raises(RuntimeError):
-        with checkpoint.atomic_file(str(target)) as f:
+        with atomic.atomic_file(str(target)) as f:
             f.write("partial")
             raise RuntimeError
     assert os.listdir(tmp_path) == []
-    with checkpoint.atomic_file(str(target)) as f:
+    with atomic.atomic_file(str(target)) as f:
         f.write("whole")
     assert target.read_text() == "whole" and os.listdir(tmp_path) == ["out.csv"]
 
@@ -154,8 +154,8 @@ def test_infer_refuses_a_trained_checkpoint_with_flipped_bytes(tmp_path):
 def killed(code, cwd):
     """Run `code` in a Python process that must end by os._exit(9): like a kill, nothing is cleaned
     up. Returns its (now dead) pid."""
-    child = subprocess.Popen([sys.executable, "-c", f"import os, sys\nsys.path.insert(0, {REPO!r})\n"
-                              f"from rectools import checkpoint\n{code}\nsys.exit('was not killed')"],
+    child = subprocess.Popen([sys.executable, "-c", f"import os, sys\n"
+                              f"from rectools import atomic, checkpoint\n{code}\nsys.exit('was not killed')"],
                              cwd=cwd, stderr=subprocess.PIPE, text=True)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 9, err
@@ -191,7 +191,7 @@ def test_recover_finishes_a_replace_killed_between_its_renames(tmp_path, caplog)
     killed(DIES_BETWEEN_THE_RENAMES, tmp_path)
     assert os.listdir(tmp_path) != ["0"] and len(hidden(tmp_path)) == 2  # epoch 0 only in .0.*.old / .new
     with caplog.at_level(logging.INFO, logger="rectools"):
-        done = checkpoint.recover(str(tmp_path))
+        done = atomic.recover(str(tmp_path))
     assert done["finished"] == ["0"] and done["removed"] == 1
     assert os.listdir(tmp_path) == ["0"]
     assert sorted(os.listdir(tmp_path / "0")) == ["b.bin", checkpoint.MANIFEST]  # the new, complete content
@@ -205,21 +205,21 @@ def test_recover_restores_a_moved_aside_folder_whose_replacement_is_gone(tmp_pat
     killed(DIES_BETWEEN_THE_RENAMES, tmp_path)
     (new,) = [name for name in hidden(tmp_path) if name.endswith(".new")]
     shutil.rmtree(tmp_path / new)
-    assert checkpoint.recover(str(tmp_path))["restored"] == ["0"]
+    assert atomic.recover(str(tmp_path))["restored"] == ["0"]
     assert os.listdir(tmp_path) == ["0"] and (tmp_path / "0" / "a.bin").read_text() == "a.bin"
 
 
 def test_recover_removes_temporaries_of_dead_runs_only(tmp_path):
     killed(DIES_WHILE_WRITING, tmp_path)
-    killed("with checkpoint.atomic_file('predictions.csv') as f:\n    f.write('x')\n    f.flush()\n    os._exit(9)",
+    killed("with atomic.atomic_file('predictions.csv') as f:\n    f.write('x')\n    f.flush()\n    os._exit(9)",
            tmp_path)
     assert len(hidden(tmp_path)) == 2
-    with checkpoint.atomic_folder(str(tmp_path / "3")) as live:  # this process's: alive, kept
-        done = checkpoint.recover(str(tmp_path))
+    with atomic.atomic_folder(str(tmp_path / "3")) as live:  # this process's: alive, kept
+        done = atomic.recover(str(tmp_path))
         assert hidden(tmp_path) == [os.path.basename(live)]
     assert done == {"finished": [], "restored": [], "removed": 2, "bytes_removed": 5}
     assert os.listdir(tmp_path) == ["3"]
-    assert checkpoint.recover(str(tmp_path))["removed"] == 0
+    assert atomic.recover(str(tmp_path))["removed"] == 0
 
 
 # -- one trainer per model_save_path ----------------------------------------------------------
@@ -346,10 +346,10 @@ def test_a_stop_just_after_a_temporary_is_made_leaves_nothing(tmp_path, monkeypa
     monkeypatch.setattr(os, made_by, make_then_stop)
     with pytest.raises(KeyboardInterrupt):
         if made_by == "mkdir":
-            with checkpoint.atomic_folder(str(tmp_path / "out" / "0")):
+            with atomic.atomic_folder(str(tmp_path / "out" / "0")):
                 pass
         else:
-            with checkpoint.atomic_file(str(tmp_path / "out" / "record.jsonl")) as f:
+            with atomic.atomic_file(str(tmp_path / "out" / "record.jsonl")) as f:
                 f.write("x")
     monkeypatch.undo()
     assert os.listdir(tmp_path / "out") == []

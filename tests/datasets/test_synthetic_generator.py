@@ -87,14 +87,14 @@ def test_real_shape_lines_have_the_real_data_s_size_and_id_layout(tmp_path):
         assert all(100 <= counts[f] <= 330 for f in ("109_14", "110_14", "127_14", "150_14"))
     assert 700 < sum(len(cols) for cols in lines) / len(lines) < 1100  # ~880 tokens a line
     # the reader's two parsers agree on them (md5 column, 6-digit ids, long behaviour fields)
-    from test_reader import reader_module
     from conftest import model_config
+    from datasets.ali_ccp import block_parser, line_parser, lines
     config = model_config(["hyper_parameters.sparse_feature_number=737946", "runner.cache_dir=none"])
     args = config["hyper_parameters.fields"], 3, 737946
     path = str(tmp_path / "a" / "train" / "part-00000.txt")
-    for first, block in reader_module.read_blocks(path, 1 << 20, 8192):
-        fast, fast_counts = reader_module.BlockParser(*args).parse(block)
-        reference, counts = reader_module.LineParser(*args).parse(block, path, first)
+    for first, block in lines.read_blocks(path, 1 << 20, 8192):
+        fast, fast_counts = block_parser.BlockParser(*args).parse(block)
+        reference, counts = line_parser.LineParser(*args).parse(block, path, first)
         assert fast_counts == counts and all(np.array_equal(fast[k], reference[k]) for k in reference)
     refused = run(tmp_path / "c", "--selection-bias", "0.3")
     assert refused.returncode == 2 and "selection_bias does not apply to shape 'real'" in refused.stderr
@@ -181,3 +181,20 @@ def test_the_low_rank_shape_selects_through_the_user_x_item_product_only(tmp_pat
     refused = subprocess.run([sys.executable, GENERATOR, "--shape", "lowrank", "--out", str(tmp_path / "f"),
                               "--hidden-confounding", "0.3"], capture_output=True, text=True)
     assert refused.returncode == 2 and "hidden_confounding does not apply to shape 'lowrank'" in refused.stderr
+
+
+def test_the_model_readme_gives_the_command_that_made_the_bundled_sample():
+    import os
+    import shlex
+    from conftest import MODEL_DIR
+    from datasets.synthetic import generator
+    with open(os.path.join(MODEL_DIR, "readme.md")) as f:
+        (command,) = [line.strip() for line in f if line.strip().startswith("python datasets/synthetic/generate.py")]
+    out, shape, _, given = generator.parse_arguments(shlex.split(command)[2:])
+    with open(os.path.join(MODEL_DIR, "data", "meta.json")) as f:
+        recorded = json.load(f)["arguments"]
+    defaults = {key.name: key.default for key, _, _ in generator.PARAMETERS}
+    assert out == "models/multitask/escm2/data" and shape == "truth"
+    assert {k: given.get(k, defaults[k]) for k in recorded if k != "attribute_sizes"} == \
+        {k: v for k, v in recorded.items() if k != "attribute_sizes"}
+

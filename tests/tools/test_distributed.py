@@ -115,7 +115,6 @@ def test_one_process_resumes_from_a_two_process_checkpoint(trained):
 DRIVER = """
 import json, sys
 import numpy as np
-sys.path.insert(0, {repo!r})
 from rectools import distributed, engines, loops, model_loader
 from rectools.data import epoch_batches, reader
 from rectools.metrics import Accumulator
@@ -157,7 +156,7 @@ with open(f"{{out}}/rank{{group.rank}}.json", "w") as f:
 
 def test_ranks_end_with_identical_parameters_and_the_embedding_gradient_travels_sparse(synthetic, tmp_path):
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(repo=REPO))
+    driver.write_text(DRIVER.format())
     ok(launch(str(driver), CONFIG, str(tmp_path), *data_overrides(synthetic), f"runner.cache_dir={tmp_path / 'cache'}",
               f"runner.train_batch_size={TRAIN_BATCH}", cwd=str(tmp_path)))
     ranks = [np.load(tmp_path / f"rank{r}.npz") for r in range(2)]
@@ -282,3 +281,13 @@ def test_an_epoch_gathered_in_rounds_is_whole_and_in_order(monkeypatch, ranks):
         assert isinstance(columns, metrics.Columns) and columns.rows == n
         np.testing.assert_array_equal(columns["sample_id"], np.arange(n))
         np.testing.assert_array_equal(columns["p"], scores)
+
+
+def test_the_flags_banner_of_paddle_is_kept_out_of_the_worker_logs():
+    from rectools.distributed import without_flags_banner
+    banner = ("======================= Modified FLAGS detected =======================\n"
+              "FLAGS(name='FLAGS_enable_pir_in_executor', current_value=True, default_value=False)\n"
+              "=======================================================================\n")
+    assert without_flags_banner(banner) == "" and without_flags_banner("gloo: a real warning\n" + banner) == \
+        "gloo: a real warning\n"
+

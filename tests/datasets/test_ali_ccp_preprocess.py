@@ -1,4 +1,4 @@
-"""datasets/ali-ccp/preprocess.py: raw Tianchi files to PaddleRec's lines, checked line by line."""
+"""datasets/ali_ccp/preprocess.py: raw Tianchi files to PaddleRec's lines, checked line by line."""
 import collections
 import importlib.util
 import json
@@ -12,7 +12,7 @@ import pytest
 from conftest import MODEL_DIR, REPO, run_tool
 from rectools.errors import DataError, UserError
 
-TOOL = os.path.join(REPO, "datasets", "ali-ccp", "preprocess.py")
+TOOL = os.path.join(REPO, "datasets", "ali_ccp", "preprocess.py")
 _spec = importlib.util.spec_from_file_location("ali_ccp_preprocess", TOOL)
 pre = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pre)

@@ -2,12 +2,14 @@
 import json
 import logging
 import os
+import re
 
 import pytest
 
 from conftest import MODEL_DIR, data_overrides, model_config
 from rectools import checkpoint, engines, loops, model_loader, progress, records
 from rectools.data import Shard, reader
+from rectools.errors import ConfigError
 
 
 def lines(path):
@@ -97,3 +99,33 @@ def test_progress_comes_after_a_few_batches_with_an_eta_when_the_size_is_known(s
     assert ", eta: 0:00:" in sized
     assert progress.expected_samples(SizedReader(plain, 6000), Shard(1, 4)) == 1500
     assert progress.expected_samples(SizedReader(plain, None)) is None
+
+
+def test_progress_and_epoch_lines_show_the_loss_and_aucs_at_four_decimals():
+    figures = {"loss": 0.123456789, "loss_ctr": 0.1, "loss_cvr": 0.02, "auc_ctr": 0.7, "auc_cvr": float("nan"),
+               "samples": 512}
+    assert progress.format_metrics(progress.headline(figures)) == "loss: 0.1235, auc_ctr: 0.7000, auc_cvr: nan"
+
+
+def test_resuming_from_a_checkpoint_says_so(synthetic, tmp_path, caplog):
+    package = model_loader.import_model_package(MODEL_DIR)
+    common = [*data_overrides(synthetic), f"runner.model_save_path={tmp_path}", "runner.print_interval=1000",
+              "hyper_parameters.ctr_fc_sizes=[16]", "hyper_parameters.cvr_fc_sizes=[16]"]
+    import paddle
+    with paddle.utils.unique_name.guard():  # each run names its parameters as a fresh process does
+        loops.train(model_config([*common, "runner.epochs=1"]), package)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rectools"), paddle.utils.unique_name.guard():
+        loops.train(model_config([*common, "runner.epochs=2", f"runner.model_init_path={tmp_path / '0'}"]), package)
+    assert f"resuming from {tmp_path / '0'} (epoch 0)" in [r.getMessage() for r in caplog.records]
+
+
+def test_infer_after_fewer_epochs_than_the_config_names_the_epochs_there(tmp_path):
+    os.makedirs(tmp_path / "0")
+    with open(tmp_path / "0" / "checkpoint.json", "w") as f:
+        json.dump({"epoch": 0, "files": []}, f)
+    config = model_config([f"runner.model_save_path={tmp_path}", "runner.epochs=3"])
+    with pytest.raises(ConfigError, match=re.escape(
+            f"runner.infer_load_path: checkpoint folder not found: {tmp_path}/1; {tmp_path} holds epoch(s) 0: "
+            f"evaluate them with -o runner.infer_end_epoch=1, or train up to epoch 2 (runner.epochs=3)")):
+        loops.infer(config, model_loader.import_model_package(MODEL_DIR))

@@ -1,4 +1,5 @@
-"""models/multitask/escm2/csv_reader.py: Ali-CCP as a column CSV (AITM / torch-rechub layout)."""
+"""Ali-CCP as a column CSV (AITM / torch-rechub layout): datasets/ali_ccp/csv_format.py, bound to the
+model's fields by models/multitask/escm2/csv_reader.py."""
 import gzip
 import json
 import logging
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import MODEL_DIR, model_config, run_tool, write_lines
+from datasets.ali_ccp import csv_format
 from rectools import model_loader
 from rectools.errors import ConfigError, DataError
 
@@ -25,7 +27,7 @@ def config_for(tmp_path, *overrides):
 
 def parsed(path, fields=FIELDS):
     """parse_file's blocks of one file, concatenated."""
-    blocks = list(csv_reader.parse_file(path, fields))
+    blocks = list(csv_format.parse_file(path, fields))
     return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
 
 
@@ -77,12 +79,12 @@ def test_notes_are_logged_once_per_file(files, tmp_path, caplog):
 def test_each_file_is_parsed_once_then_read_from_the_cache(files, tmp_path, monkeypatch, caplog):
     train, test = files
     calls = []
-    parse = csv_reader.parse_file
+    parse = csv_format.parse_file
 
     def counted(path, fields):
         calls.append(path)
         return parse(path, fields)
-    monkeypatch.setattr(csv_reader, "parse_file", counted)
+    monkeypatch.setattr(csv_format, "parse_file", counted)
     caplog.set_level(logging.INFO)
     first = read([train, test], config_for(tmp_path))  # field sizes, then the epoch: the training file once
     assert calls == [train, test]
@@ -140,7 +142,7 @@ def test_blocks_change_nothing_and_line_numbers_survive_them(tmp_path, monkeypat
     path = write_lines(str(tmp_path / "many.csv"), lines)
     with gzip.open(str(tmp_path / "many.csv.gz"), "wt") as f:
         f.write("\r\n".join(lines) + "\r\n")
-    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 64)  # many blocks, lines cut at block ends
+    monkeypatch.setattr(csv_format, "BLOCK_BYTES", 64)  # many blocks, lines cut at block ends
     for source in (path, str(tmp_path / "many.csv.gz")):
         arrays = parsed(source)
         assert arrays["ids"].tolist() == [row[2:] for row in rows]
@@ -158,7 +160,7 @@ def test_blocks_change_nothing_and_line_numbers_survive_them(tmp_path, monkeypat
 
 
 def test_a_line_longer_than_a_block(tmp_path, monkeypatch):
-    monkeypatch.setattr(csv_reader, "BLOCK_BYTES", 8)
+    monkeypatch.setattr(csv_format, "BLOCK_BYTES", 8)
     path = write_lines(str(tmp_path / "long.csv"), [HEADER, "1,1,123456789,987654321,1234,0.123456789"])
     assert parsed(path)["ids"].tolist() == [[123456789, 987654321, 1234]]
 

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from conftest import MODEL_DIR, REPO, documented_reference, run_tool
+from conftest import MODEL_DIR, REPO, documented_reference, run_tool, tool_module
 
-SMOKE = os.path.join(REPO, "configs", "bias_study", "smoke.yaml")
+SMOKE = os.path.join(REPO, "studies", "bias", "smoke.yaml")
 
 
 def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
@@ -72,10 +72,10 @@ def test_a_data_set_the_generator_refuses_is_one_line_naming_it(tmp_path):
 
 
 def test_the_suite_readme_documents_every_key():
-    from tools.config_doc import bias_study_reference
-    documented = documented_reference(os.path.join(REPO, "configs", "bias_study", "README.md"))
-    assert documented == bias_study_reference(MODEL_DIR), \
-        "regenerate with: python tools/config_doc.py --bias-study models/multitask/escm2"
+    bias_study_reference = tool_module("config_doc").bias_study_reference
+    documented = documented_reference(os.path.join(REPO, "studies", "bias", "README.md"))
+    assert documented == bias_study_reference(), \
+        "regenerate with: python tools/config_doc.py --bias-study"
 
 
 def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_path):
@@ -97,12 +97,10 @@ def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_
     assert "| warned | " in table and "| not warned | " in table
     # the oracle reader hands the CVR risks each impression's true CTR, found by its sample id
     from rectools import model_loader
-    from rectools.data import epoch_batches
-    package = model_loader.import_model_package(MODEL_DIR)
-    study = model_loader.model_module(package, "bias_study", "test")
+    from rectools.data import epoch_batches, reader
+    from studies.bias import bias_study as study
     config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"),
                                         [f"runner.train_data_dir={folder}/train", "runner.cache_dir=none"])
-    from rectools.data import reader
     truth = study.read_truth(str(folder / "truth" / "train.csv"))
     oracle = study.OracleReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"), truth)
     batch = next(epoch_batches(oracle, 1000))

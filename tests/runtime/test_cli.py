@@ -45,7 +45,7 @@ def test_a_tool_says_when_it_sets_mkl_and_paddle_sees_it(preset, job, says):
     env.update(job)
     if preset is not None:
         env["MKL_DEBUG_CPU_TYPE"] = preset
-    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from rectools import cli; "
+    code = ("import os, sys; from rectools import cli; "
             "cli.run_command(lambda: (cli.load_paddle(), print('seen', repr(os.environ.get('MKL_DEBUG_CPU_TYPE')))))")
     out = subprocess.run([sys.executable, "-c", code, REPO], env=env, capture_output=True, text=True, check=True).stdout
     said = "MKL_DEBUG_CPU_TYPE=5 for MKL's AVX2 code" in out
@@ -60,7 +60,6 @@ def test_a_ctrl_c_dropped_by_a_finalizer_still_stops_at_the_next_batch():
     # Ctrl-C landing there would otherwise be lost and training would go on
     code = """
 import os, signal, sys
-sys.path.insert(0, sys.argv[1])
 from rectools import cli, data
 
 class Finalized:
@@ -84,7 +83,7 @@ cli.run_command(main)
 
 def _run_main(body, preexec_fn=None):
     """A command whose main is `body` (Python source of a function main()), run in its own process."""
-    code = "import atexit, os, signal, sys, time\nsys.path.insert(0, sys.argv[1])\nfrom rectools import cli\n" \
+    code = "import atexit, os, signal, sys, time\nfrom rectools import cli\n" \
            f"{body}\ncli.run_command(main)\n"
     return subprocess.run([sys.executable, "-c", code, REPO], capture_output=True, text=True, preexec_fn=preexec_fn)
 
@@ -133,7 +132,7 @@ def test_a_config_error_comes_before_paddle_loads(tmp_path, tool):
 
 
 def test_a_collective_that_gives_up_is_one_line():
-    from rectools.distributed import collective
+    from rectools.device import collective
     from rectools.errors import UserError
     with pytest.raises(UserError, match=r"^another process of this job stopped or failed, so a collective with it "
                                         r"gave up \(\[pair\.cc:584\] TIMEOUT self_rank = 1 pair_rank = 0\)$"):
@@ -142,7 +141,7 @@ def test_a_collective_that_gives_up_is_one_line():
 
 
 def test_another_runtime_error_in_a_collective_stays_itself():
-    from rectools.distributed import collective
+    from rectools.device import collective
     with pytest.raises(RuntimeError, match="shape mismatch"):
         with collective():
             raise RuntimeError("shape mismatch in matmul")

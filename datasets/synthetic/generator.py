@@ -69,7 +69,7 @@ import time
 
 import numpy as np
 
-from rectools.checkpoint import atomic_folder  # outputs appear whole or not at all
+from rectools.atomic import atomic_folder  # outputs appear whole or not at all
 from rectools.config import Key  # one way of declaring and checking a parameter
 from rectools.errors import ConfigError
 from rectools.metrics import auc  # the project's one exact AUC

@@ -2,14 +2,15 @@
 """Fetch the Ali-CCP files PaddleRec's escm2 trains on, as PaddleRec's datasets/ali-ccp/run.sh
 does, and check them before they land:
 
-    python datasets/ali-ccp/download.py [--out datasets/ali-ccp] [--train-url URL] [--test-url URL] [--force]
+    python datasets/ali_ccp/download.py [--out datasets/ali-ccp] [--train-url URL] [--test-url URL] [--force]
+    cd datasets/ali-ccp && sh run.sh [flags]        (PaddleRec's way: the same command)
 
     train_data/traindata_10w.csv   <- TRAIN_URL (PaddleRec's preprocessed lines, 100,000 impressions)
     test_data/testdata_10w.csv     <- TEST_URL
 
 which is where config_bigdata.yaml looks. Each file is streamed into a hidden temporary file
 beside its target and checked: a response that is not data (an HTML page, an empty or binary
-body) is refused by name; then every line is parsed by the model's reader (escm_reader.py)
+body) is refused by name; then every line is parsed by the model's reader (escm_reader.py, over lines.py)
 under config_bigdata.yaml's fields and sparse_feature_number, so what lands is what training
 reads. Only then is it renamed into place; on any failure nothing is left. A file already in
 place is kept unless --force. URLs may be http(s):// or file://. Without network access the run
@@ -20,21 +21,17 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
+from rectools import cli, model_loader
+from rectools.atomic import atomic_file
+from rectools.errors import DataError, UserError
 
-from rectools import cli  # noqa: E402
-
-from rectools import model_loader  # noqa: E402
-from rectools.errors import DataError, UserError  # noqa: E402
-
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DATA_DIR = os.path.join(REPO, "datasets", "ali-ccp")  # where config_bigdata.yaml looks, and run.sh lives
 CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config_bigdata.yaml")
 TRAIN_URL = "https://paddlerec.bj.bcebos.com/esmm/traindata_10w.csv"
 TEST_URL = "https://paddlerec.bj.bcebos.com/esmm/testdata_10w.csv"
@@ -116,7 +113,7 @@ def check(path, url, target):
     reader = model_loader.model_module(package, config["runner.train_reader_path"], "runner.train_reader_path")
     rows = clicks = buys = 0
     try:
-        with quiet(reader.__name__):
+        with quiet("datasets.ali_ccp"):
             for chunk in reader.RecDataset([path], config).chunks():
                 rows += len(chunk["click"])
                 clicks += int(chunk["click"].sum())
@@ -140,20 +137,14 @@ def download(url, folder, force=False, timeout=60.0):
         return None
     created = not os.path.isdir(folder)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(target, "wb") as f:  # renamed into place only once checked
             log.info("downloading %s", url)
             size = fetch(url, f, timeout, target)
-        log.info("checking %s (%.1f MiB) with the model's reader", name, size / 2 ** 20)
-        rows, clicks, buys = check(tmp, url, target)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 would hide the data from other users
-        os.replace(tmp, target)
+            f.flush()
+            log.info("checking %s (%.1f MiB) with the model's reader", name, size / 2 ** 20)
+            rows, clicks, buys = check(f.name, url, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)
@@ -165,7 +156,7 @@ def download(url, folder, force=False, timeout=60.0):
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Fetch and check PaddleRec's Ali-CCP files for escm2.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--out", default=HERE, help="folder that receives train_data/ and test_data/")
+    parser.add_argument("--out", default=DATA_DIR, help="folder that receives train_data/ and test_data/")
     parser.add_argument("--train-url", default=TRAIN_URL, help="training file (http(s):// or file://)")
     parser.add_argument("--test-url", default=TEST_URL, help="test file (http(s):// or file://)")
     parser.add_argument("--force", action="store_true", help="fetch again files that are already there")

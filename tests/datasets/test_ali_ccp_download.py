@@ -1,4 +1,4 @@
-"""datasets/ali-ccp/download.py against a local HTTP server on 127.0.0.1 and file:// URLs only."""
+"""datasets/ali_ccp/download.py against a local HTTP server on 127.0.0.1 and file:// URLs only."""
 import functools
 import http.server
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, write_lines
 
-TOOL = os.path.join(REPO, "datasets", "ali-ccp", "download.py")
+TOOL = os.path.join(REPO, "datasets", "ali_ccp", "download.py")
 LINES = ["1,1,1,101:5,205:7,205:8,301:2", "2,0,0,205:9,301:1", "3,1,0,101:6,150_14:11,150_14:12,301:3"]
 
 

@@ -1,17 +1,16 @@
+"""Ali-CCP in PaddleRec's line format (datasets/ali_ccp): the reference parser, the fast parser
+against it, and the reader over both as the model binds it (escm_reader.py)."""
 import gzip
 import logging
 import os
-import threading
 
 import numpy as np
 import pytest
 
-from conftest import model_config, write_lines
+from conftest import MODEL_DIR, model_config, write_lines
+from datasets.ali_ccp import block_parser, line_parser, lines
 from rectools import model_loader
-from rectools.data import background, batches, process_map
 from rectools.errors import DataError
-
-from conftest import MODEL_DIR
 
 reader_module = model_loader.model_module(model_loader.import_model_package(MODEL_DIR), "escm_reader", "test")
 
@@ -132,18 +131,6 @@ def test_non_utf8_bytes_are_a_data_error_on_their_line(tmp_path):
         read([str(path)])
 
 
-def test_batches_recut_chunks_without_losing_samples(tmp_path):
-    paths = [write_lines(str(tmp_path / f"{name}.txt"), [f"{i},0,0,101:{i + 1}" for i in range(start, start + 7)])
-             for name, start in (("a", 0), ("b", 7))]
-    config = model_config(["hyper_parameters.sparse_feature_number=100", "runner.cache_dir=none"])
-    dataset = reader_module.RecDataset(paths, config, chunk_lines=3, processes=0)
-    sizes, ids = [], []
-    for batch in batches(dataset.chunks(), 5):
-        sizes.append(len(batch["click"]))
-        ids.extend(batch["sample_id"])
-    assert sizes == [5, 5, 4] and ids == list(range(14))
-
-
 # ----------------------------------------------------------------------------- the two parsers agree
 
 FIELDS_CONFIG = ["hyper_parameters.sparse_feature_number=10000000000000"]
@@ -182,10 +169,10 @@ def test_a_32_byte_column_4_with_a_byte_that_is_no_hex_digit_is_left_to_the_refe
     block = b"1,1,0," + MD5[:31].encode() + bytes([byte]) + b",101:5\n"
     config = model_config([*FIELDS_CONFIG, "runner.cache_dir=none"])
     fields, vocab = config["hyper_parameters.fields"], config["hyper_parameters.sparse_feature_number"]
-    with pytest.raises(reader_module.Irregular):
-        reader_module.BlockParser(fields, 3, vocab).parse(block)
+    with pytest.raises(block_parser.Irregular):
+        block_parser.BlockParser(fields, 3, vocab).parse(block)
     with pytest.raises(DataError, match="column 4 is neither a field:feat token nor a 32-hex-digit md5"):
-        reader_module.LineParser(fields, 3, vocab).parse(block, "x.txt", 1)
+        line_parser.LineParser(fields, 3, vocab).parse(block, "x.txt", 1)
 
 
 PARITY_FIXTURES = ["real lines", "md5", "crlf", "blank lines", "truncation", "unknown fields",
@@ -205,9 +192,9 @@ def test_vectorised_parser_gives_the_reference_arrays_and_counts(tmp_path, reque
         f.write(text)
     config = model_config([*FIELDS_CONFIG, f"hyper_parameters.max_len={max_len}", "runner.cache_dir=none"])
     fields, vocab = config["hyper_parameters.fields"], config["hyper_parameters.sparse_feature_number"]
-    fast = reader_module.BlockParser(fields, max_len, vocab)
-    reference = reader_module.LineParser(fields, max_len, vocab)
-    blocks = list(reader_module.read_blocks(path, 64, 2))  # several blocks of at most two lines
+    fast = block_parser.BlockParser(fields, max_len, vocab)
+    reference = line_parser.LineParser(fields, max_len, vocab)
+    blocks = list(lines.read_blocks(path, 64, 2))  # several blocks of at most two lines
     assert sum(block.count(b"\n") for _, block in blocks) == text.count(b"\n") + (not text.endswith(b"\n"))
     used_fast = 0
     for first_line, block in blocks:
@@ -215,7 +202,7 @@ def test_vectorised_parser_gives_the_reference_arrays_and_counts(tmp_path, reque
         try:
             arrays, counts = fast.parse(block)
             used_fast += 1
-        except reader_module.Irregular:
+        except block_parser.Irregular:
             continue
         assert counts == expected_counts, (first_line, block)
         for key in expected:
@@ -224,10 +211,10 @@ def test_vectorised_parser_gives_the_reference_arrays_and_counts(tmp_path, reque
     # the reader as training uses it gives the reference's arrays and counts: blocks of many lines,
     # and (plain files) byte ranges smaller than a line, so that lines straddle ranges
     expected = [reference.parse(block, path, first) for first, block in blocks]
-    expected_counts = reader_module.new_counts(fields)
+    expected_counts = line_parser.new_counts(fields)
     for _, part in expected:
-        reader_module.add_counts(expected_counts, part)
-    for block_bytes in (reader_module.BLOCK_BYTES, 37):
+        line_parser.add_counts(expected_counts, part)
+    for block_bytes in (lines.BLOCK_BYTES, 37):
         dataset = reader_module.RecDataset([path], config, processes=0)
         dataset.block_bytes = block_bytes
         parts = dataset.parse_file(path)
@@ -309,80 +296,16 @@ def test_a_flipped_byte_inside_gzip_data_is_a_data_error_naming_the_file(tmp_pat
         read([str(path)], chunk_lines=8192)
 
 
-# ----------------------------------------------------------------------------- prefetching
-
-def test_prefetched_batches_are_the_same_batches_in_the_same_order(tmp_path):
-    paths = [write_lines(str(tmp_path / f"{name}.txt"), [f"{i},{i % 2},0,101:{i + 1},210:{i % 9 + 1}"
-                                                          for i in range(start, start + 1000)])
-             for name, start in (("a", 0), ("b", 1000))]
-    config = model_config(["hyper_parameters.sparse_feature_number=5000", "runner.cache_dir=none"])
-    dataset = reader_module.RecDataset(paths, config, chunk_lines=300, processes=0)
-    plain = list(batches(dataset.chunks(), 128, prefetch=0))
-    ahead = list(batches(dataset.chunks(), 128, prefetch=3))
-    assert len(plain) == len(ahead) == 16
-    for x, y in zip(plain, ahead):
-        for key in x:
-            assert np.array_equal(x[key], y[key])
-    assert list(np.concatenate([b["sample_id"] for b in ahead])) == list(range(2000))
-
-
-def test_an_error_of_the_producer_reaches_the_consumer_after_the_items_before_it():
-    error = DataError("f.txt", 7, "bad")
-
-    def produce():
-        yield 1
-        yield 2
-        raise error
-
-    got = []
-    with pytest.raises(DataError) as caught:
-        for item in background(produce(), 1):
-            got.append(item)
-    assert got == [1, 2] and caught.value is error
-
-
-def test_a_consumer_that_stops_early_closes_the_producer():
-    closed, threads = threading.Event(), set()
-
-    def produce():
-        try:
-            for i in range(1000):
-                threads.add(threading.current_thread().name)
-                yield i
-        finally:
-            closed.set()
-
-    for item in background(produce(), 2):
-        if item == 3:
-            break
-    assert closed.is_set() and threads == {"prefetch"}
-
-
-def _square_or_fail(x):
-    if x == 5:
-        raise DataError("f.txt", x, "five")
-    return x * x
-
-
-def test_process_map_keeps_order_and_raises_the_workers_error():
-    assert list(process_map(_square_or_fail, range(5), processes=2)) == [0, 1, 4, 9, 16]
-    got = []
-    with pytest.raises(DataError, match="^f.txt:5: five$"):
-        for value in process_map(_square_or_fail, range(10), processes=2, ahead=3):
-            got.append(value)
-    assert got == [0, 1, 4, 9, 16]
-
-
 @pytest.mark.parametrize("vocab", [737946, 100000000, 100000001])
 def test_ids_at_the_vocabulary_bound_take_the_same_path_in_both_parsers(tmp_path, vocab):
     config = model_config([f"hyper_parameters.sparse_feature_number={vocab}", "runner.cache_dir=none"])
     fields = config["hyper_parameters.fields"]
-    fast, reference = reader_module.BlockParser(fields, 3, vocab), reader_module.LineParser(fields, 3, vocab)
+    fast, reference = block_parser.BlockParser(fields, 3, vocab), line_parser.LineParser(fields, 3, vocab)
     block = f"1,0,0,101:{vocab - 1},205:0,210:7,210:{vocab - 2},210:{vocab - 1},210:5\n2,1,0,101:1\n".encode()
     arrays, counts = fast.parse(block)
     expected, expected_counts = reference.parse(block, "a.txt", 1)
     assert counts == expected_counts and all(np.array_equal(arrays[k], expected[k]) for k in expected)
-    with pytest.raises(reader_module.Irregular):
+    with pytest.raises(block_parser.Irregular):
         fast.parse(f"1,0,0,101:1,210:{vocab}\n".encode())  # the reference names it: out of range
     with pytest.raises(DataError, match=f"feature id {vocab} of field 210 is outside"):
         reference.parse(f"1,0,0,101:1,210:{vocab}\n".encode(), "a.txt", 1)

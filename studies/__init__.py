@@ -1,0 +1,1 @@
+"""Studies that measure the models with the tools' own loops."""
