@@ -213,17 +213,27 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
         if tracker is not None and _agreed_stop(tracker, group):
             log.info("early stop after epoch %d: %s, no improvement in the %d epoch(s) since", epoch,
                      tracker.best_text(), tracker.stale)
+            end = epoch + 1
             break
-    if tracker is not None and done and not tracker.stopped:
-        log.info("%s: %s", tracker.best_text(), os.path.join(save_root, early_stopping.BEST))
-    left = [e for e in earlier if e >= config["runner.epochs"]]
-    if left:
-        log.info("checkpoints of epochs %s (past runner.epochs=%d) remain in %s from an earlier run, with their "
-                 "lines in %s, whose run is not %s", _epochs(left), config["runner.epochs"], save_root,
-                 records.TRAIN, run)
+    _closing_lines(config, earlier, end, tracker if done else None, save_root, run)
     if curves is not None:
         curves.close()
     return done
+
+
+def _closing_lines(config, earlier, end, tracker, save_root, run):
+    """The lines that end a training run that trained up to `end` (exclusive): where the best epoch
+    of `tracker` is recorded, unless training stopped early (its line said it), and the checkpoints
+    of an earlier run that remain in `save_root` from `end` on (`earlier`: their epochs)."""
+    stopped_early = end < config["runner.epochs"]
+    if tracker is not None and not stopped_early:
+        log.info("%s: %s", tracker.best_text(), os.path.join(save_root, early_stopping.BEST))
+    left = [e for e in earlier if e >= end]
+    if left:
+        why = (f"after epoch {end - 1}, where training stopped early" if stopped_early
+               else f"past runner.epochs={config['runner.epochs']}")
+        log.info("checkpoints of epochs %s (%s) remain in %s from an earlier run, with their lines in %s, whose "
+                 "run is not %s", _epochs(left), why, save_root, records.TRAIN, run)
 
 
 def _tracker(config, dev, metrics_file, first_epoch, group):

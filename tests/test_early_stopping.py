@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import CONFIG, MODEL_DIR, model_config, ok, read_jsonl, run_tool
+from conftest import CONFIG, MODEL_DIR, data_overrides, model_config, ok, read_jsonl, run_tool
 from rectools import checkpoint, early_stopping, records
 from rectools.contract import Reader
 from rectools.errors import ConfigError
@@ -230,6 +230,18 @@ def test_a_resumed_run_counts_on_from_the_records(tmp_path, cache):
         assert max(losses) == 5
 
 
+def test_an_early_stop_names_the_checkpoints_an_earlier_run_left_beyond_it(tmp_path, cache):
+    ok(train("trainer.py", tmp_path, "runner.epochs=4", cache=cache))
+    earlier = read_jsonl(tmp_path / "out" / records.TRAIN)
+    result = ok(train("trainer.py", tmp_path, "runner.epochs=4", "runner.dev_fraction=0.1",
+                      "runner.early_stop_patience=1", FAST, cache=cache))
+    last = best_json(tmp_path)["last_epoch"]
+    assert last < 3  # the fast rate's dev loss rises from epoch 1 on
+    assert (f"checkpoints of epochs {', '.join(map(str, range(last + 1, 4)))} (after epoch {last}, where training "
+            f"stopped early) remain in {tmp_path / 'out'} from an earlier run") in result.stdout
+    assert read_jsonl(tmp_path / "out" / records.TRAIN)[last + 1:] == earlier[last + 1:]
+
+
 def test_validation_figures_are_infers_on_the_same_data_and_leave_training_alone(tmp_path, cache):
     """dev_data_dir = the test split: each epoch's dev_* figures are what infer gives for its
     checkpoint, in both graph modes; and the training records are those of a run without a split."""
@@ -260,3 +272,57 @@ def test_a_best_json_that_no_longer_describes_the_folder_is_passed_over(tmp_path
     result = ok(train("trainer.py", tmp_path, "runner.epochs=1", cache=cache))
     assert f"removed {tmp_path / 'out' / early_stopping.BEST}: this run has no validation split" in result.stdout
     assert not (tmp_path / "out" / early_stopping.BEST).exists()
+
+
+# -- several processes ------------------------------------------------------------------------------
+
+def test_two_processes_validate_the_held_out_split_as_one_process_does(synthetic, tmp_path):
+    """2 processes under paddle.distributed.launch: every rank evaluates its shard of the held-out
+    split, the figures are gathered (those of one process on the same checkpoint), and the ranks stop
+    together (a rank going on alone would wait in a collective and fail the job)."""
+    from test_distributed import launch
+    from rectools import engines, loops, model_loader
+    from rectools.data import reader
+    overrides = [*data_overrides(synthetic), f"runner.cache_dir={tmp_path / 'cache'}", "runner.model_save_path=out",
+                 "runner.epochs=4", "runner.train_batch_size=700", "runner.infer_batch_size=300",
+                 "runner.dev_fraction=0.2", "runner.early_stop_patience=1", FAST]
+    ok(launch("trainer.py", "-m", CONFIG, "-o", *overrides, "runner.use_fleet=True", cwd=str(tmp_path)))
+    found = read_jsonl(tmp_path / "out" / records.TRAIN)
+    losses = {r["epoch"]: r["dev_loss"] for r in found}
+    summary = best_json(tmp_path)
+    assert summary["epoch"] == min(losses, key=losses.get) and summary["last_epoch"] == max(losses)
+    assert summary["stopped"] == (max(losses) < 3) and checkpoints(tmp_path) == sorted(losses)
+    config = model_config([*overrides[:-1], f"runner.model_save_path={tmp_path / 'out'}"])
+    package = model_loader.import_model_package(MODEL_DIR)
+    held = early_stopping.HeldOut(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
+                                  0.2, True)
+    engine = engines.DygraphEngine(config, package, train=False)
+    for r in found:
+        checkpoint.load_checkpoint(engine, str(tmp_path / "out" / str(r["epoch"])), "key", False)
+        alone, _ = loops.run_epoch(engine, engine.eval_step, held, 300, r["epoch"], 1000)
+        exact = [k for k in alone if k.startswith(("auc", "logloss", "calibration")) or k in ("samples", "clicks")]
+        assert {k: r["dev_" + k] for k in exact} == {k: alone[k] for k in exact}
+        assert r["dev_loss"] == pytest.approx(alone["loss"], rel=1e-9) and r["samples"] + r["dev_samples"] == 6000
+
+
+def test_ranks_that_disagree_on_stopping_fail_instead_of_parting():
+    import threading
+    from test_distributed import ThreadedRanks
+    from rectools import loops
+    slots, barrier, outcome = [None] * 2, threading.Barrier(2, timeout=30), [None] * 2
+
+    def rank(r):
+        tracker = early_stopping.Tracker("loss", 1)
+        tracker.add(0, validated(0, loss=0.5))
+        tracker.add(1, validated(1, loss=0.6 if r == 0 else 0.4))  # only rank 0 sees no improvement
+        try:
+            outcome[r] = loops._agreed_stop(tracker, ThreadedRanks(r, 2, slots, barrier))
+        except RuntimeError as e:
+            outcome[r] = str(e)
+
+    threads = [threading.Thread(target=rank, args=(r,), daemon=True) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert outcome == ["the processes disagree on stopping early: [True, False]"] * 2
