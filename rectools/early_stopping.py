@@ -20,7 +20,7 @@ from . import checkpoint, records
 from .contract import Reader
 from .data import reader
 from .errors import ConfigError
-from .keys import lower_is_better
+from .keys import lower_is_better, validation_split
 
 log = logging.getLogger("rectools")
 
@@ -63,12 +63,21 @@ def splits(config, package, dataset):
     """(training data, validation data or None) of a run that trains on `dataset` (a Reader): with
     runner.dev_fraction both sides of its split, with runner.dev_data_dir `dataset` and that folder
     read by runner.infer_reader_path."""
-    if config["runner.dev_fraction"]:
-        return (HeldOut(dataset, config["runner.dev_fraction"], False),
-                HeldOut(dataset, config["runner.dev_fraction"], True))
-    if config["runner.dev_data_dir"] is not None:
-        return dataset, reader(config, package, "runner.dev_data_dir", "runner.infer_reader_path")
+    split = validation_split(config)
+    if split == "runner.dev_fraction":
+        return (HeldOut(dataset, config[split], False), HeldOut(dataset, config[split], True))
+    if split == "runner.dev_data_dir":
+        return dataset, reader(config, package, split, "runner.infer_reader_path")
     return dataset, None
+
+
+def describe_split(config):
+    """The validation split of `config` in words, for the log: `runner.dev_data_dir <path>` or
+    `runner.dev_fraction 0.1 of the training impressions`."""
+    split = validation_split(config)
+    if split == "runner.dev_fraction":
+        return f"{split} {config[split]:g} of the training impressions"
+    return f"{split} {config[split]}"
 
 
 def dev_figures(record):

@@ -155,7 +155,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=True,
                                                           dataset=dataset)
     dataset, dev = early_stopping.splits(config, package, dataset)
-    if dev is not None and config["runner.dev_data_dir"] is not None:
+    if dev is not None and dev.file_list != dataset.file_list:  # a held-out split reads the files checked already
         group.check_data(dev.file_list)
     save_root = output_folder(config, claim=group.main)  # first: it recovers an epoch a killed run was replacing
     group.barrier()  # the others read model_init_path once rank 0 has recovered the folder
@@ -245,8 +245,7 @@ def _tracker(config, dev, metrics_file, first_epoch, group):
     tracker = early_stopping.Tracker(config["runner.early_stop_metric"], config["runner.early_stop_patience"])
     found = group.all_gather(records.read(metrics_file) if group.main else None)[0]
     tracker.resume(found, first_epoch, metrics_file)
-    split = ("runner.dev_data_dir " + config["runner.dev_data_dir"] if config["runner.dev_data_dir"] is not None
-             else f"runner.dev_fraction {config['runner.dev_fraction']:g} of the training impressions")
+    split = early_stopping.describe_split(config)
     patience = config["runner.early_stop_patience"]
     line = (f"validation split: {split}; early stop after {patience} epoch(s) without improvement of "
             f"{tracker.figure}" if patience else f"validation split: {split}; no early stop, best by {tracker.figure}")
