@@ -111,9 +111,8 @@ class StaticEngine:
             self.graph = self.contract.net(feeds) if train else self.contract.infer_net(feeds)
             if train:
                 self.contract.create_optimizer(self.graph)
-        self.fetch_names = list(self.graph.fetches)
-        self.evaluation, self._built = (self._evaluation if train else None), None
         self.names = {key: p.name for key, p in self.graph.parameters.items()}
+        self.evaluation = None if train else (self.program, self.graph)  # a trainer's is built when first used
         self.place = place(config)
         self.executor = paddle.static.Executor(self.place)
         self.executor.run(startup)
@@ -123,29 +122,30 @@ class StaticEngine:
     def train_step(self, batch, metrics, weight=1.0):
         if weight != 1.0:
             raise ValueError("a static program's loss has no weight")  # one process only, see __init__
-        values = self.executor.run(self.program, feed=self.contract.feed(batch),
-                                   fetch_list=[self.graph.fetches[n] for n in self.fetch_names])
-        return self.contract.collect(metrics, batch, dict(zip(self.fetch_names, values)))
+        return self._run(self.program, self.graph, batch, metrics)
 
     def eval_step(self, batch, metrics):
-        if self.evaluation is None:  # an inference engine's program has no update ops: run it as it is
-            return self.train_step(batch, metrics)
-        program, graph = self.evaluation()
+        """As train_step, through the evaluation program (no update ops; a trainer's reads the
+        parameters it trains, the same variables of the scope)."""
+        if self.evaluation is None:
+            self.evaluation = self._evaluation_program()
+        return self._run(*self.evaluation, batch, metrics)
+
+    def _run(self, program, graph, batch, metrics):
         names = list(graph.fetches)
         values = self.executor.run(program, feed=self.contract.feed(batch), fetch_list=[graph.fetches[n] for n in names])
         return self.contract.collect(metrics, batch, dict(zip(names, values)))
 
-    def _evaluation(self):
-        """A training engine's inference program (built once, on first use), on the same parameters:
-        built under the same unique names, it refers to the training program's variables in the scope."""
-        if self._built is None:
-            program = paddle.static.Program()
-            with paddle.utils.unique_name.guard(), paddle.static.program_guard(program, paddle.static.Program()):
-                graph = self.contract.infer_net(self.contract.create_feeds())
-            if {k: p.name for k, p in graph.parameters.items()} != self.names:
-                raise RuntimeError("the inference program's parameters are not the training program's")
-            self._built = program, graph
-        return self._built
+    def _evaluation_program(self):
+        """(program, graph) of the model's infer_net beside the training program. Built under the same
+        unique names, its parameters are the training program's variables; its startup program is
+        never run, so nothing is initialised again."""
+        program = paddle.static.Program()
+        with paddle.utils.unique_name.guard(), paddle.static.program_guard(program, paddle.static.Program()):
+            graph = self.contract.infer_net(self.contract.create_feeds())
+        if {key: p.name for key, p in graph.parameters.items()} != self.names:
+            raise RuntimeError("the evaluation program's parameters are not the training program's")
+        return program, graph
 
     def _tensor(self, name):
         return self.scope.find_var(name).get_tensor()

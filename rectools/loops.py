@@ -12,7 +12,7 @@ import logging
 import math
 import os
 
-from . import checkpoint, records
+from . import checkpoint, early_stopping, records
 from .data import epoch_batches, no_samples, reader, rows
 from .distributed import LOCAL
 from .engines import ENGINES
@@ -28,7 +28,7 @@ def aucs(values):
 
 
 def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.shard, gather=None, group=LOCAL,
-              lockstep=False, curves=None):
+              lockstep=False, curves=None, label=None):
     """One pass of `step` (engine.train_step or engine.eval_step) over this shard of `dataset`.
 
     Returns (record, predictions): the epoch's record (epoch, mean loss terms per sample, seconds,
@@ -38,11 +38,11 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
     terms so far and the AUCs of the batches since the last line; `curves` (rectools.records.Curves)
     gets the loss terms and AUCs of those batches at each line and the epoch's at its end.
     With `lockstep` (training on several processes) the steps run in group.lockstep's rounds; loss
-    sums and sample counts are totalled over `group`. Raises UserError when no sample was read (by
-    any process).
+    sums and sample counts are totalled over `group`. `label` starts the progress lines (default
+    `epoch: <epoch>`). Raises UserError when no sample was read (by any process).
     """
     metrics = Accumulator()
-    progress = Progress(f"epoch: {epoch}", interval, expected_samples(dataset, shard))
+    progress = Progress(label or f"epoch: {epoch}", interval, expected_samples(dataset, shard))
     sums, at_mark = {}, {}
     batches = epoch_batches(dataset, batch_size, shard)
     for batch, weight in group.lockstep(batches) if lockstep else ((b, None) for b in batches):
@@ -84,6 +84,11 @@ def run_epoch(engine, step, dataset, batch_size, epoch, interval, shard=LOCAL.sh
 
 
 def log_record(prefix, record):
+    """Log the epoch's line (record_line)."""
+    log.info(record_line(prefix, record))
+
+
+def record_line(prefix, record):
     """The epoch's line: its loss, AUCs and throughput; every other figure is in the records file."""
     figures = headline(record)
     line = ", ".join([f"{prefix}: {record['epoch']}" + (" done" if prefix == "epoch" else "")]
@@ -93,7 +98,7 @@ def log_record(prefix, record):
     undefined = [k for k, v in figures.items() if k.startswith("auc") and isinstance(v, float) and math.isnan(v)]
     if undefined:
         line += f"; {', '.join(undefined)} undefined: {'its' if len(undefined) == 1 else 'their'} labels hold one class only"
-    log.info(line)
+    return line
 
 
 def curves_for(config, kind, run):
@@ -139,12 +144,22 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     epoch's line is replaced only once its new checkpoint is in place). Returns the records.
     `dataset`: the training data (a contract.Reader); by default the config's reader of train_data_dir.
 
+    With a validation split (runner.dev_data_dir or runner.dev_fraction, rectools.early_stopping)
+    each epoch's model is evaluated on it before its checkpoint is saved: the record gains the
+    split's figures (dev_loss, dev_auc_ctr, ...) and `best_epoch`, <model_save_path>/best.json
+    names the best epoch, and with runner.early_stop_patience training stops once that many epochs
+    in a row brought no improvement (a resumed run counts on from the records). A run without a
+    split removes a best.json when it saves its first epoch.
+
     shard and gather default to `group`'s; with several processes every rank trains and returns
     the same records, rank 0 alone writes them, and the ranks' parameters are checked to be
-    identical after each epoch."""
+    identical after each epoch. The validation pass always uses `group`'s seams."""
     config.require("runner.train_data_dir", by="the trainer")
     dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=True,
                                                           dataset=dataset)
+    dataset, dev = early_stopping.splits(config, package, dataset)
+    if dev is not None and dev.file_list != dataset.file_list:  # a held-out split reads the files checked already
+        group.check_data(dev.file_list)
     save_root = output_folder(config, claim=group.main)  # first: it recovers an epoch a killed run was replacing
     group.barrier()  # the others read model_init_path once rank 0 has recovered the folder
     first_epoch = 0
@@ -164,16 +179,21 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     if earlier:
         log.info("%s holds checkpoints of epochs %s from an earlier run: each, with its line in %s, is "
                  "replaced when this run saves that epoch", save_root, _epochs(earlier), records.TRAIN)
-    if first_epoch >= config["runner.epochs"]:
-        log.info("checkpoint of epoch %d already reaches runner.epochs=%d: nothing to train",
-                 first_epoch - 1, config["runner.epochs"])
+    tracker = _tracker(config, dev, metrics_file, first_epoch, group)
+    end = config["runner.epochs"]
+    if first_epoch >= end:
+        log.info("checkpoint of epoch %d already reaches runner.epochs=%d: nothing to train", first_epoch - 1, end)
+    elif tracker is not None and tracker.stopped:
+        end = first_epoch
+        log.info("early stop after epoch %d (%s): %s; nothing to train (raise runner.early_stop_patience, or set "
+                 "it to null, to train on)", tracker.last_epoch, records.TRAIN, tracker.best_text())
     export = None
     if config["runner.use_inference"]:
         from .serving import export as export_model
         export = lambda params, folder: export_model(config, package, params,  # noqa: E731
                                                      os.path.join(folder, checkpoint.INFERENCE_DIR), dataset.layout())
     done = []
-    for epoch in range(first_epoch, config["runner.epochs"]):
+    for epoch in range(first_epoch, end):
         record, _ = run_epoch(engine, engine.train_step, dataset, batch_size, epoch, config["runner.print_interval"],
                               shard, gather, group, lockstep=True, curves=curves)
         record = {"epoch": epoch, "run": run, **record}
@@ -181,22 +201,30 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
-        recalibrate(config, engine, dataset, batch_size, shard, gather)
+        if dev is None:
+            recalibrate(config, engine, dataset, batch_size, shard, gather)
+        else:  # held-out impressions, when there are some: the model has not fitted them
+            recalibrate(config, engine, dev, config["runner.infer_batch_size"], group.shard,
+                        group.gather(config["runner.infer_batch_size"]))
         if group.size > 1:
             log.info("parameters identical on all %d processes (sha256 %s)", group.size,
                      group.check_parameters(engine.parameters())[:16])
+        if tracker is not None:
+            record = _validate(engine, dev, record, config, group, tracker, curves)
         if group.main:
             saved = checkpoint.save(save_root, epoch,
                                     lambda folder: checkpoint.write_checkpoint(engine, folder, export),
                                     mode=engine.mode, run=run, record=records.clean(record), layout=dataset.layout())
             records.put(metrics_file, record)
             log.info("saved checkpoint %s", saved)  # once its line is in the records too
+            _note_best(save_root, tracker, first_save=epoch == first_epoch)
         done.append(record)
-    left = [e for e in earlier if e >= config["runner.epochs"]]
-    if left:
-        log.info("checkpoints of epochs %s (past runner.epochs=%d) remain in %s from an earlier run, with their "
-                 "lines in %s, whose run is not %s", _epochs(left), config["runner.epochs"], save_root,
-                 records.TRAIN, run)
+        if tracker is not None and _agreed_stop(tracker, group):
+            log.info("early stop after epoch %d: %s, no improvement in the %d epoch(s) since", epoch,
+                     tracker.best_text(), tracker.stale)
+            end = epoch + 1
+            break
+    _closing_lines(config, earlier, end, tracker if done else None, save_root, run)
     if curves is not None:
         curves.close()
     return done
@@ -204,8 +232,9 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
 
 def recalibrate(config, engine, dataset, batch_size, shard, gather):
     """The model's recalibration (contract recalibrate), when it has one: the trained model's
-    predictions on every k-th batch of this shard (k so that at most runner.recalibration_samples
-    are read in all), gathered from every process so that each replaces the same parameters."""
+    predictions on every k-th batch of this shard of `dataset` (the validation split if there is
+    one, else the training data; k so that at most runner.recalibration_samples are read in all),
+    gathered from every process so that each replaces the same parameters."""
     if engine.contract.recalibrate is None:
         return
     expected = expected_samples(dataset, shard)
@@ -220,6 +249,77 @@ def recalibrate(config, engine, dataset, batch_size, shard, gather):
     changed = engine.contract.recalibrate(predictions, parameters)
     if changed:
         engine.set_parameters({**parameters, **changed}, "the recalibration", "runner.recalibration_samples")
+
+
+def _closing_lines(config, earlier, end, tracker, save_root, run):
+    """The lines that end a training run that trained up to `end` (exclusive): where the best epoch
+    of `tracker` is recorded, unless training stopped early (its line said it), and the checkpoints
+    of an earlier run that remain in `save_root` from `end` on (`earlier`: their epochs)."""
+    stopped_early = end < config["runner.epochs"]
+    if tracker is not None and not stopped_early:
+        log.info("%s: %s", tracker.best_text(), os.path.join(save_root, early_stopping.BEST))
+    left = [e for e in earlier if e >= end]
+    if left:
+        why = (f"after epoch {end - 1}, where training stopped early" if stopped_early
+               else f"past runner.epochs={config['runner.epochs']}")
+        log.info("checkpoints of epochs %s (%s) remain in %s from an earlier run, with their lines in %s, whose "
+                 "run is not %s", _epochs(left), why, save_root, records.TRAIN, run)
+
+
+def _tracker(config, dev, metrics_file, first_epoch, group):
+    """The early_stopping.Tracker of a run with a validation split `dev` (None without one), counted
+    on from the records of the epochs before `first_epoch` (read by rank 0, the same on every rank).
+    Logs the split, and where the count stands when it resumes one."""
+    if dev is None:
+        return None
+    tracker = early_stopping.Tracker(config["runner.early_stop_metric"], config["runner.early_stop_patience"])
+    found = group.all_gather(records.read(metrics_file) if group.main else None)[0]
+    tracker.resume(found, first_epoch, metrics_file)
+    split = early_stopping.describe_split(config)
+    patience = config["runner.early_stop_patience"]
+    line = (f"validation split: {split}; early stop after {patience} epoch(s) without improvement of "
+            f"{tracker.figure}" if patience else f"validation split: {split}; no early stop, best by {tracker.figure}")
+    if tracker.last_epoch is not None:
+        line += f"; from the records: {tracker.best_text()}, {tracker.stale} epoch(s) without improvement since"
+    log.info(line)
+    return tracker
+
+
+def _validate(engine, dev, record, config, group, tracker, curves):
+    """The training `record` of an epoch with the figures of its model on the validation split
+    `dev` (prefixed dev_, through the evaluation step and metrics of infer) and `best_epoch`, after
+    `tracker` counted it; logs the split's line. ConfigError when the record lacks
+    runner.early_stop_metric."""
+    batch_size, epoch = config["runner.infer_batch_size"], record["epoch"]
+    evaluated, _ = run_epoch(engine, engine.eval_step, dev, batch_size, epoch, config["runner.print_interval"],
+                             group.shard, group.gather(batch_size), group, label=f"dev epoch: {epoch}")
+    record = {**record, **early_stopping.dev_figures(evaluated)}
+    tracker.check(record, config.path)
+    tracker.add(epoch, record)
+    record["best_epoch"] = tracker.best_epoch
+    log.info("%s; %s", record_line("dev epoch", evaluated), tracker.best_text())
+    if curves is not None:
+        curves.add("epoch", {early_stopping.DEV + k: v for k, v in evaluated.items() if k == "loss" or
+                             k.startswith("auc")}, epoch)
+    return record
+
+
+def _note_best(save_root, tracker, first_save):
+    """After an epoch's checkpoint and line: best.json rewritten from `tracker`, or, for a run
+    without a validation split, removed at its first save (it describes older checkpoints)."""
+    if tracker is not None:
+        early_stopping.write_best(save_root, tracker)
+    elif first_save:
+        early_stopping.forget_best(save_root)
+
+
+def _agreed_stop(tracker, group):
+    """Whether training stops now: the tracker's decision, which every rank takes from the same
+    gathered figures; RuntimeError if the ranks' decisions differ all the same."""
+    decisions = group.all_gather(tracker.stopped)
+    if len(set(decisions)) > 1:
+        raise RuntimeError(f"the processes disagree on stopping early: {decisions}")
+    return decisions[0]
 
 
 def _epochs(epochs):
@@ -247,15 +347,18 @@ def _checkpoints_to_evaluate(root, epochs):
 def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL, keep_predictions=False):
     """tools/infer.py and tools/static_infer.py: evaluates the checkpoints of epochs infer_start_epoch
     .. infer_end_epoch - 1 on test_data_dir, an infer_metrics.jsonl record each (replacing the line of
-    an epoch evaluated before; `run` names the training run of the checkpoint evaluated).
+    an epoch evaluated before; `run` names the training run of the checkpoint evaluated). With a
+    best.json in the checkpoints' folder (rectools.early_stopping) a last line names the best epoch,
+    and an unset infer_end_epoch stops at the last epoch trained when training stopped early.
     Returns [(record, predictions)] per epoch (see run_epoch; predictions None unless
     `keep_predictions`, since each epoch's stay in the temporary folder while kept). shard and gather default to
     `group`'s: every rank evaluates its shard and returns the metrics and predictions of all; rank
     0 alone writes the records."""
     config.require("runner.test_data_dir", by="infer")
     load_root = config["runner.infer_load_path"] or config["runner.model_save_path"]
+    best = early_stopping.read_best(load_root)
     end = config["runner.infer_end_epoch"]
-    end = config["runner.epochs"] if end is None else end
+    end = _default_end(config, best) if end is None else end
     epochs = range(config["runner.infer_start_epoch"], end)
     if not epochs:
         raise ConfigError(f"{config.path}: no epochs to evaluate: runner.infer_start_epoch="
@@ -277,6 +380,21 @@ def infer(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
             records.put(metrics_file, record)  # an epoch evaluated again replaces its line
         results.append((record, predictions if keep_predictions else None))
         del predictions  # its temporary folder goes now, not when the last epoch is done
+    if best is not None:
+        log.info("the %s by the validation split%s", early_stopping.best_text(best),
+                 "" if best["epoch"] in epochs else ": not among the epochs evaluated")
     if curves is not None:
         curves.close()
     return results
+
+
+def _default_end(config, best):
+    """infer's end epoch when runner.infer_end_epoch is unset: runner.epochs, or the epoch after the
+    last one trained when `best` (early_stopping.read_best's) says training stopped early before."""
+    end = config["runner.epochs"]
+    last = best and best.get("last_epoch")
+    if best and best.get("stopped") and type(last) is int and last + 1 < end:
+        log.info("runner.infer_end_epoch unset: evaluating up to epoch %d, where training stopped early (%s)",
+                 last, best["path"])
+        end = last + 1
+    return end

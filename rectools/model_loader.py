@@ -9,7 +9,7 @@ import sys
 
 from .config import Sources, load_config, resolve_path, schema_of
 from .errors import ConfigError
-from .keys import RUNNER_KEYS
+from .keys import RUNNER_KEYS, validate
 
 
 def import_model_package(model_dir):
@@ -63,6 +63,7 @@ def load(config_path, overrides=()):
     package = locate(sources)  # the model folder decides the schema, so find it first
     schema = model_module(package, "config_schema", "runner.model_dir")
     config = load_config(sources, (), RUNNER_KEYS + schema.KEYS)
+    validate(config)
     schema.validate(config)
     return config, package
 

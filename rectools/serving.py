@@ -10,7 +10,7 @@ import os
 import numpy as np
 import paddle
 
-from . import checkpoint
+from . import checkpoint, early_stopping
 from .atomic import atomic_file, atomic_folder
 from .data import epoch_batches, no_samples, reader
 from .distributed import LOCAL
@@ -64,14 +64,21 @@ def save_inference_model(layer, input_spec, output_names, out_dir, model_file="m
         json.dump(program, f, separators=(",", ":"))
 
 
-def last_epoch_folder(config, key):
-    """<model_save_path>/<epochs - 1>, the default of keys that name a trained checkpoint."""
-    return checkpoint.epoch_folder(config["runner.model_save_path"], config["runner.epochs"] - 1, key)
+def default_checkpoint(config, key):
+    """The default of keys that name a trained checkpoint (`key`, for errors): the best epoch of
+    <model_save_path>/best.json when there is one (rectools.early_stopping.read_best; said in a log
+    line), else <model_save_path>/<epochs - 1>. ConfigError when that checkpoint is not whole."""
+    best = early_stopping.read_best(config["runner.model_save_path"])
+    if best is None:
+        return checkpoint.epoch_folder(config["runner.model_save_path"], config["runner.epochs"] - 1, key)
+    log.info("%s unset: the %s", key, early_stopping.best_text(best))
+    return checkpoint.epoch_folder(config["runner.model_save_path"], best["epoch"], key)
 
 
 def export_checkpoint(config, package):
-    """tools/export.py: a checkpoint's inference model, written whole or not at all."""
-    source = config["runner.export_checkpoint"] or last_epoch_folder(config, "runner.export_checkpoint")
+    """tools/export.py: a checkpoint's inference model, written whole or not at all; by default of
+    the best epoch, else of the last (default_checkpoint)."""
+    source = config["runner.export_checkpoint"] or default_checkpoint(config, "runner.export_checkpoint")
     layout = checkpoint.manifest(source, "runner.export_checkpoint").get("layout")
     target = config["runner.export_dir"] or os.path.join(source, checkpoint.INFERENCE_DIR)
     serving = serving_module(package)
@@ -132,7 +139,7 @@ def predict(config, package, group=LOCAL):
     place(config)  # runner.use_gpu on a build without CUDA: the trainers' one-line error
     serving = serving_module(package)
     model_dir = config["runner.inference_model_dir"] or os.path.join(
-        last_epoch_folder(config, "runner.inference_model_dir"), checkpoint.INFERENCE_DIR)
+        default_checkpoint(config, "runner.inference_model_dir"), checkpoint.INFERENCE_DIR)
     predictor = create_predictor(model_dir, serving, config)
     data_key = "runner.predict_data_dir" if config["runner.predict_data_dir"] else "runner.test_data_dir"
     config.require(data_key, by="predict")

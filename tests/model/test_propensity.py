@@ -196,7 +196,7 @@ def test_a_trained_checkpoint_s_mean_pctr_is_its_training_click_rate(tmp_path, t
     overrides = ["-o", f"runner.model_save_path={tmp_path}", "runner.epochs=1", f"runner.test_data_dir={MODEL_DIR}/data/train"]
     trained = run_tool(tool, "-m", config, *overrides, cwd=str(tmp_path))
     assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "pCTR recalibrated on 50000 training impressions" in trained.stdout + trained.stderr
+    assert "pCTR recalibrated on 50000 impressions" in trained.stdout + trained.stderr
     assert run_tool("infer.py", "-m", config, *overrides, cwd=str(tmp_path)).returncode == 0
     with open(tmp_path / "infer_metrics.jsonl") as f:
         assert json.loads(f.readline())["calibration_ctr"] == pytest.approx(1.0, abs=2e-4)

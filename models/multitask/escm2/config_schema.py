@@ -60,8 +60,8 @@ KEYS = [
         "towards 1 (1: the paper's weights; 0: none)", minimum=0, maximum=1.0),
     Key("runner.calibrate_ctr", "bool", True,
         "at each epoch's end shift the CTR tower's output bias so that mean pCTR equals the click rate of the "
-        "training impressions (at most runner.recalibration_samples of them): intercept-only Platt scaling",
-        ),
+        "validation split (runner.dev_data_dir / dev_fraction), else of the training impressions (at most "
+        "runner.recalibration_samples of them): intercept-only Platt scaling"),
     Key("runner.balance_tolerance", "float", 0.2,
         "the balance check (infer): a decile of pCVR or pCTR whose 1/pCTR-weighted clicks per impression are "
         "off 1 by more than this (and by more than 3 standard errors) fails it, with a warning", minimum=0),

@@ -96,7 +96,8 @@ def ctr_logit_shift(pctr, click, steps=50):
 
 def recalibrate_ctr(predictions, parameters):
     """runner.calibrate_ctr: the CTR tower's output bias [1] shifted by ctr_logit_shift over the
-    given training impressions, so that the checkpoint's mean pCTR equals their click rate (the last
+    given impressions (the validation split's, else the training data's), so that the checkpoint's
+    mean pCTR equals their click rate (the last
     step of Adam leaves pCTR off the running average's calibration by up to ~10% either way). pCVR
     is untouched. Returns {name: new bias}, or {} without both classes of click."""
     pctr, click = predictions["pctr"], predictions["click"]
@@ -105,7 +106,7 @@ def recalibrate_ctr(predictions, parameters):
         return {}
     delta = ctr_logit_shift(pctr, click)
     name = [k for k in parameters if k.startswith("towers.0.") and k.endswith(".bias")][-1]
-    log.info("pCTR recalibrated on %d training impressions: mean pCTR / clicks %.3f -> 1 (CTR logit %+.4f)",
+    log.info("pCTR recalibrated on %d impressions: mean pCTR / clicks %.3f -> 1 (CTR logit %+.4f)",
              len(click), float(np.sum(pctr, dtype=np.float64)) / clicks, delta)
     return {name: (parameters[name] + delta).astype(parameters[name].dtype)}
 
