@@ -283,6 +283,19 @@ def _release_all():
         release(real)
 
 
+def _forget_in_child():
+    """In a forked child (a parse worker...): close the lock files' descriptors. The lock stays
+    with the parent's descriptor; a child that outlived a killed parent would otherwise keep the
+    folder locked for as long as it ran."""
+    for fd, _, _ in _claimed.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _claimed.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _lock(path, root):
     """(fd holding the flock of `path`, the previous holder's record or None)."""
     while True:
@@ -294,6 +307,12 @@ def _lock(path, root):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd, wait=1.0)
+            if _orphaned(holder):
+                if _unlink_orphaned(path, fd):
+                    log.info("%s: the lock of %s, which is no longer running, was still held by processes it "
+                             "left behind; taking it over", root, _holder_text(holder))
+                os.close(fd)
+                continue
             os.close(fd)
             raise ConfigError(f"runner.model_save_path: {root} is in use by another trainer "
                               f"({_holder_text(holder)}); wait for it to end or choose another "
@@ -311,6 +330,34 @@ def _lock(path, root):
     os.pwrite(fd, json.dumps(record).encode(), 0)
     os.fsync(fd)
     return fd, previous
+
+
+def _orphaned(holder):
+    """Whether a lock file's record names a process of this host that no longer runs: its lock
+    is then held only by processes it left behind (children that inherited the descriptor)."""
+    try:
+        return bool(holder) and holder.get("host") == HOST and not _alive(int(holder["pid"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _unlink_orphaned(path, fd):
+    """Remove the lock file `path` when it is still the file open as `fd` (whose holder is gone),
+    so that the next open makes a fresh one; returns whether it did (False: another process
+    replaced it meanwhile). Two processes taking over at once are serialised by a flock of the
+    folder itself: the second finds the file replaced and competes for the new one as usual."""
+    folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                return False
+        except FileNotFoundError:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(folder)  # releases the folder's flock
 
 
 def _read_holder(fd, wait=0.0):
