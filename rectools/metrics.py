@@ -10,18 +10,17 @@ as for one of 38 million; the disk holds 18 bytes an impression (ESCM2's columns
 the AUCs run (their buckets' files).
 """
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import socket
 import tempfile
-import time
 import weakref
 from collections.abc import Mapping
 
 import numpy as np
 
+from . import leftovers
 from .contract import Predictions
 from .errors import UserError
 
@@ -50,7 +49,6 @@ def _on_disk(what, folder=None):
 
 
 _HOST = socket.gethostname()
-_LOCK = ".lock"  # in each temporary folder, flock-ed by its process as long as it lives
 _swept = False
 
 
@@ -65,28 +63,14 @@ def _temporary_folder(kind):
         _swept = True
         root = tempfile.gettempdir()
         gone = [os.path.join(root, name) for name in os.listdir(root) if name.startswith("rectools-")]
-        gone = [path for path in gone if _abandoned(path)]
+        gone = [path for path in gone if leftovers.abandoned(path)]
         for path in gone:
             shutil.rmtree(path, ignore_errors=True)
         if gone:
             logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s",
                                                len(gone), root)
     folder = tempfile.mkdtemp(prefix=f"rectools-{kind}-{_HOST}-{os.getpid()}-")
-    lock = open(os.path.join(folder, _LOCK), "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return folder, lock
-
-
-def _abandoned(folder):
-    path = os.path.join(folder, _LOCK)
-    try:
-        if time.time() - os.stat(path).st_mtime < 60:
-            return False
-        with open(path, "r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when f closes
-    except OSError:  # held (its process runs), or no lock file: not ours to remove
-        return False
-    return True
+    return folder, leftovers.hold(folder)
 
 
 def _remove(folder, lock):

@@ -88,12 +88,16 @@ def test_a_trainer_killed_during_its_first_text_pass_leaves_no_worker_and_the_ne
             if running(pid):
                 os.kill(pid, signal.SIGKILL)
     assert os.path.isfile(tmp_path / "out" / ".lock")  # what the killed trainer left
+    left = [name for name in os.listdir(tmp_path / "cache") if name.endswith(".new")]
+    assert len(left) == 1  # the entry it was writing
     again = run_tool("trainer.py", "-m", CONFIG, "-o", f"runner.train_data_dir={real_lines}",
                      f"runner.cache_dir={tmp_path / 'cache'}", "runner.model_save_path=out", "runner.epochs=1", *REAL,
                      cwd=str(tmp_path))
     assert again.returncode == 0, again.stderr
     assert "in use by another trainer" not in again.stdout + again.stderr
     assert os.path.isfile(tmp_path / "out" / "0" / "checkpoint.json")
+    assert f"cache {tmp_path / 'cache'}: removed 1 temporary entry of stopped runs" in again.stdout + again.stderr
+    assert [name for name in os.listdir(tmp_path / "cache") if name.startswith(".")] == []
 
 
 HOLD_AND_HAND_DOWN = """
