@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import zlib
 
 import numpy as np
@@ -71,6 +72,11 @@ def fingerprint(path):
                 f.seek((size - SAMPLE_BYTES) * k // (SAMPLES - 1))
                 digest.update(f.read(SAMPLE_BYTES))
     return digest.hexdigest()[:32]
+
+
+def max_bytes(config):
+    """The bytes runner.cache_max_gb lets a cache folder's entries take (GB of 10^9 bytes)."""
+    return int(config["runner.cache_max_gb"] * 1e9)
 
 
 def _identity(path):
@@ -119,12 +125,19 @@ class ArrayCache:
     """Entries of one reader's schema under `folder` (None: caching off, every pass parses).
 
     `schema`: JSON-able dict of everything besides the source's bytes that decides the arrays.
+    `narrow`: {array name: integer dtype} arrays are stored as on disk (their values must fit: the
+    reader's checks guarantee it, e.g. ids below the vocabulary size; see narrowest), read back as
+    the dtype the reader gave. `limit`: bytes the folder's entries may take (None: no limit): after
+    an entry is written, the least recently used others are removed until they fit, and an entry
+    that alone exceeds it is not written.
     Each source is logged once per ArrayCache as built, read, or not cacheable.
     """
 
-    def __init__(self, folder, schema):
+    def __init__(self, folder, schema, narrow=None, limit=None):
         self.folder = folder
         self.schema = _canonical(schema)
+        self.narrow = {name: np.dtype(dtype) for name, dtype in (narrow or {}).items()}
+        self.limit = limit
         self.logged = set()
         self.unwritable = False
         self.tidied = False
@@ -147,7 +160,7 @@ class ArrayCache:
                     or {k: manifest.get(k) for k in IDENTITY} != _identity(source)):
                 return None
             for name, spec in manifest["arrays"].items():
-                size = manifest["rows"] * int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+                size = manifest["rows"] * int(np.prod(spec["shape"])) * np.dtype(spec["stored"]).itemsize
                 if (os.path.getsize(os.path.join(entry, name + ".bin")) != size
                         or len(spec["crc32"]) != -(-manifest["rows"] // CHECK_ROWS)):
                     return None
@@ -192,7 +205,7 @@ class ArrayCache:
         it touched. Each block is checked against its CRC-32 before any of its rows is yielded;
         raises Damaged at the first that differs (or a file that ends early)."""
         entry, total = self.entry(source), manifest["rows"]
-        specs = {name: (np.dtype(spec["dtype"]), tuple(spec["shape"]), spec["crc32"])
+        specs = {name: (np.dtype(spec["dtype"]), np.dtype(spec["stored"]), tuple(spec["shape"]), spec["crc32"])
                  for name, spec in manifest["arrays"].items()}
         try:
             os.utime(os.path.join(entry, MANIFEST))  # its mtime is the entry's last use (least recently used goes first)
@@ -206,14 +219,14 @@ class ArrayCache:
             for block, start in enumerate(range(0, total, CHECK_ROWS)):
                 n = min(CHECK_ROWS, total - start)
                 arrays = {}
-                for name, (dtype, shape, crcs) in specs.items():
+                for name, (dtype, stored, shape, crcs) in specs.items():
                     count = n * int(np.prod(shape))
-                    values = np.fromfile(files[name], dtype=dtype, count=count)
+                    values = np.fromfile(files[name], dtype=stored, count=count)
                     if values.size != count:
                         raise Damaged(f"{name}.bin ended early")
                     if zlib.crc32(values) != crcs[block]:
                         raise Damaged(f"{name}.bin rows {start}-{start + n - 1} differ from their checksum")
-                    arrays[name] = values.reshape((n, *shape))
+                    arrays[name] = values.astype(dtype, copy=False).reshape((n, *shape))
                 for at in range(0, n, rows):
                     yield {name: values[at:at + rows] for name, values in arrays.items()}
         finally:
@@ -259,6 +272,7 @@ class ArrayCache:
         if writer.commit({"version": CACHE_VERSION, **identity, "schema": self.schema, "summary": summary}):
             self._say(source, "%s: parsed, cache written to %s", source, self.entry(source))
             self._prune()
+            self._evict(keep=self.entry(source))
         return summary
 
     def _writer(self, source):
@@ -267,7 +281,7 @@ class ArrayCache:
         if self.unwritable:
             return None
         try:
-            return _EntryWriter(self.entry(source))
+            return _EntryWriter(self.entry(source), self.narrow, self.limit)
         except OSError as e:
             self.unwritable = True
             log.warning("cache folder %s cannot be written (%s): parsing text on every pass", self.folder, e)
@@ -297,18 +311,85 @@ class ArrayCache:
 
     def _prune(self):
         """Drop entries whose source file is gone (temporary data, moved files)."""
-        try:  # an entry's name starts with its source's (a dot too); atomic_folder's temporaries end .new/.old
-            names = [n for n in os.listdir(self.folder) if not n.endswith((".new", ".old"))]
-        except OSError:
+        for item in entries(self.folder):
+            if item["source"] is not None and not os.path.exists(item["source"]):
+                shutil.rmtree(item["path"], ignore_errors=True)
+
+    def _evict(self, keep):
+        """Remove the least recently used entries but `keep` until the entries fit self.limit."""
+        if self.limit is None:
             return
-        for name in names:
-            try:
-                with open(os.path.join(self.folder, name, MANIFEST)) as f:
-                    source = json.load(f)["source"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if not os.path.exists(source):
-                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        items = sorted((item for item in entries(self.folder) if item["path"] != keep), key=lambda i: i["last_used"])
+        total = sum(item["bytes"] for item in items) + _size(keep)
+        for item in items:
+            if total <= self.limit:
+                break
+            shutil.rmtree(item["path"], ignore_errors=True)
+            total -= item["bytes"]
+            log.info("cache %s: removed the entry of %s (%.1f MB, last used %s), the least recently used, to stay "
+                     "within runner.cache_max_gb=%g", self.folder, item["source"], item["bytes"] / 1e6,
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(item["last_used"])), self.limit / 1e9)
+
+
+def entries(folder):
+    """The entries in cache folder `folder` (temporaries excluded), as dicts: path, source (the
+    absolute path it was parsed from; None when its manifest is unreadable), bytes, last_used
+    (Unix seconds: when it was last read or written). An unreadable folder has none."""
+    try:  # an entry's name starts with its source's (a dot too); atomic_folder's temporaries end .new/.old
+        names = sorted(n for n in os.listdir(folder) if _TEMP.fullmatch(n) is None)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(folder, name)
+        if not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, MANIFEST)) as f:
+                source = json.load(f)["source"]
+            last_used = os.stat(os.path.join(path, MANIFEST)).st_mtime
+        except (OSError, ValueError, KeyError, TypeError):
+            source, last_used = None, 0.0
+        try:
+            found.append({"path": path, "source": source, "bytes": _size(path), "last_used": last_used})
+        except OSError:  # removed meanwhile
+            continue
+    return found
+
+
+def temporaries(folder):
+    """The temporaries in cache folder `folder` (entries being written, or left by stopped
+    writers), as dicts: path, bytes, left (True: its writer stopped, see _left_behind)."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if _TEMP.fullmatch(n) is not None)
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            found.append({"path": path, "bytes": _size(path), "left": _left_behind(path, name)})
+        except OSError:
+            continue
+    return found
+
+
+def clear(folder):
+    """Remove every entry of cache folder `folder` and the temporaries of stopped writers; entries
+    being written by running processes stay. Returns (items removed, bytes removed, items kept)."""
+    removed, size = 0, 0
+    for item in entries(folder) + [t for t in temporaries(folder) if t["left"]]:
+        shutil.rmtree(item["path"], ignore_errors=True)
+        removed, size = removed + 1, size + item["bytes"]
+    return removed, size, len(temporaries(folder))
+
+
+def narrowest(largest):
+    """The narrowest signed integer dtype (int8, int16, int32 or int64) holding 0..`largest`."""
+    for dtype in (np.int8, np.int16, np.int32):
+        if largest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
 
 
 def _skip(chunks, rows):
@@ -347,8 +428,8 @@ class _EntryWriter:
     manifest and lets atomic_folder rename the folder into place, discard() removes it. A write
     error (disk full...) is logged once and the entry abandoned; reading goes on."""
 
-    def __init__(self, final):
-        self.final = final
+    def __init__(self, final, narrow, limit):
+        self.final, self.narrow, self.limit, self.bytes = final, narrow, limit, 0
         self.context = atomic_folder(final)
         self.tmp = self.context.__enter__()
         self.files, self.specs, self.rows, self.open = {}, None, 0, True
@@ -360,7 +441,8 @@ class _EntryWriter:
             raise
 
     def add(self, chunk):
-        specs = {name: {"dtype": a.dtype.str, "shape": list(a.shape[1:])} for name, a in chunk.items()}
+        specs = {name: {"dtype": a.dtype.str, "stored": self.narrow.get(name, a.dtype).str, "shape": list(a.shape[1:])}
+                 for name, a in chunk.items()}
         if self.specs is None:
             self.specs = specs
         elif specs != self.specs:
@@ -369,14 +451,20 @@ class _EntryWriter:
             for name, array in chunk.items():
                 if name not in self.files:
                     self.files[name] = open(os.path.join(self.tmp, name + ".bin"), "wb")
-                array = np.ascontiguousarray(array)
+                array = _stored(np.ascontiguousarray(array), self.narrow.get(name), name)
                 array.tofile(self.files[name])
+                self.bytes += array.nbytes
                 self.partial[name] = _block_crcs(array, self.crcs.setdefault(name, []), self.partial.get(name))
         except OSError as e:
             log.warning("cannot write cache entry %s (%s): going on without it", self.final, e)
             self.discard()
             return False
         self.rows += len(next(iter(chunk.values())))
+        if self.limit is not None and self.bytes > self.limit:
+            log.info("%s: not cached: its entry would take more than runner.cache_max_gb=%g", self.final,
+                     self.limit / 1e9)
+            self.discard()
+            return False
         return True
 
     def _close(self):
@@ -414,6 +502,17 @@ class _EntryWriter:
         except OSError:
             pass
         self.context.__exit__(_Discarded, _Discarded(), None)  # atomic_folder removes the folder
+
+
+def _stored(array, dtype, name):
+    """`array` as stored: cast to `dtype` (None: as it is). Raises ValueError (a bug of the reader,
+    which promised values that fit) when a value does not fit."""
+    if dtype is None or dtype == array.dtype:
+        return array
+    info = np.iinfo(dtype)
+    if array.size and (array.max() > info.max or array.min() < info.min):
+        raise ValueError(f"{name}: values {array.min()}..{array.max()} do not fit the stored dtype {dtype}")
+    return array.astype(dtype)
 
 
 class _Discarded(Exception):

@@ -159,7 +159,8 @@ class RecDataset(Reader):
         self.max_len = config["hyper_parameters.max_len"]
         self.chunk_lines = chunk_lines
         self.cache = cache.ArrayCache(cache.cache_dir(config), {
-            "format": "column CSV", "parser_version": PARSER_VERSION, "fields": self.fields})
+            "format": "column CSV", "parser_version": PARSER_VERSION, "fields": self.fields},
+            limit=cache.max_bytes(config))
         if not config.get("runner.train_data_dir"):
             raise ConfigError(f"{config.path}: csv_reader numbers each field's ids from the training files: "
                               f"runner.train_data_dir is required, for evaluation too")

@@ -63,7 +63,9 @@ class RecDataset(Reader):
         self.block_bytes = BLOCK_BYTES
         self.cache = cache.ArrayCache(cache.cache_dir(config), {
             "format": "PaddleRec Ali-CCP lines", "parser_version": PARSER_VERSION, "fields": self.fields,
-            "max_len": self.max_len, "sparse_feature_number": self.vocab})
+            "max_len": self.max_len, "sparse_feature_number": self.vocab},
+            narrow={"ids": cache.narrowest(self.vocab - 1), "click": np.int8, "buy": np.int8},
+            limit=cache.max_bytes(config))
         self.reported = set()  # files whose drop counts were logged: once per file, not per epoch
 
     def chunks(self):
