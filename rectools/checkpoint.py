@@ -143,9 +143,19 @@ def manifest(folder, key):
         sums = [(name, int(s["bytes"]), str(s["sha256"])) for name, s in content.get("checksums", {}).items()]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{key}: {path} is not a readable manifest ({e})") from None
-    missing += [name for name, _, _ in sums if name not in missing and not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise ConfigError(f"{key}: checkpoint {folder} lacks {', '.join(missing)}, which its manifest lists")
+    verify(folder, sums, key, "checkpoint")
+    return content
+
+
+def verify(folder, sums, key, what):
+    """Check the files of `folder` against `sums` [(path relative to folder, bytes, sha256 hex)];
+    a ConfigError naming `key` for the first missing file or the first whose size or sha256
+    differs. `what` names the folder's kind in the message (checkpoint, exported model)."""
+    missing = [name for name, _, _ in sums if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise ConfigError(f"{key}: {what} {folder} lacks {', '.join(missing)}, which its manifest lists")
     for name, size, sha256 in sums:
         file = os.path.join(folder, name)
         if os.path.getsize(file) != size:
@@ -153,7 +163,6 @@ def manifest(folder, key):
                               f"records {size}")
         if _sha256(file) != sha256:
             raise ConfigError(f"{key}: {file} is damaged: its sha256 differs from the one the manifest records")
-    return content
 
 
 def load_arrays(path, key):
