@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 
+from . import disk
 from .errors import ConfigError
 
 log = logging.getLogger("rectools")
@@ -114,7 +115,7 @@ def save(root, epoch, write_files, **info):
     The manifest lists the top-level entries (`files`) and the size and sha256 of every file under
     the folder (`checksums`), plus `epoch`, `saved_at` (Unix seconds) and `info`."""
     final = os.path.join(root, str(epoch))
-    with atomic_folder(final) as tmp:
+    with disk.room(root, f"the checkpoint of epoch {epoch}"), atomic_folder(final) as tmp:
         write_files(tmp)
         manifest = {"epoch": epoch, "files": sorted(os.listdir(tmp)), "checksums": _checksums(tmp),
                     "saved_at": time.time(), **info}

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from . import leftovers
+from . import disk, leftovers
 from .contract import Predictions
 from .errors import UserError
 
@@ -40,9 +40,10 @@ def _on_disk(what, folder=None):
     except OSError as e:
         try:
             folder = folder or tempfile.gettempdir()
-            room = f"; {shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
         except OSError:  # no usable temporary folder at all
-            room = ""
+            pass
+        free = disk.free_text(folder) if folder else ""
+        room = f"; {free}" if free else ""
         where = e.filename or folder or "the temporary folder"
         raise UserError(f"cannot write {what} to {where} ({e.strerror or e}{room}): point TMPDIR at a writable "
                         f"folder with room (an epoch's predictions take ~26 bytes an impression at its end)") from None

@@ -21,7 +21,7 @@ import os
 import secrets
 import time
 
-from . import checkpoint
+from . import checkpoint, disk
 from .errors import ConfigError
 
 log = logging.getLogger("rectools")
@@ -69,7 +69,7 @@ def read(path):
 
 def write(path, found):
     """`found` (records) as the whole content of `path`, which is replaced only once it is on disk."""
-    with checkpoint.atomic_file(path) as f:
+    with disk.room(os.path.dirname(os.path.abspath(path)), os.path.basename(path)), checkpoint.atomic_file(path) as f:
         f.writelines(json.dumps(clean(record)) + "\n" for record in found)
         f.flush()
         os.fsync(f.fileno())

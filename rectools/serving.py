@@ -10,7 +10,7 @@ import os
 import numpy as np
 import paddle
 
-from . import checkpoint
+from . import checkpoint, disk
 from .data import epoch_batches, no_samples, reader
 from .distributed import LOCAL
 from .engines import dygraph_mode, dygraph_network, place
@@ -81,7 +81,8 @@ def export_checkpoint(config, package):
                                                                   LAYOUT, CHECKSUMS}:
         raise ConfigError(f"runner.export_dir: {target} exists and is not an exported model: not replacing it")
     params = checkpoint.load_arrays(os.path.join(source, checkpoint.PARAMS), "runner.export_checkpoint")
-    with checkpoint.atomic_folder(target) as tmp:
+    with disk.room(os.path.dirname(os.path.abspath(target)), "the exported model"), \
+            checkpoint.atomic_folder(target) as tmp:
         export(config, package, params, tmp, layout)
     log.info("exported %s to %s", source, target)
     return target
@@ -183,7 +184,8 @@ def predict(config, package, group=LOCAL):
             yield batch["sample_id"], run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
 
     progress = Progress("predict", config["runner.print_interval"], expected_samples(dataset))
-    with checkpoint.atomic_file(output) if group.main else contextlib.nullcontext() as f:
+    with disk.room(os.path.dirname(os.path.abspath(output)), "the predictions"), \
+            checkpoint.atomic_file(output) if group.main else contextlib.nullcontext() as f:
         if group.main:
             f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
         for sample_id, values in group.in_order(scored()):  # every rank's batches on rank 0, none on the others
