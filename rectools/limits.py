@@ -46,6 +46,14 @@ def check_memory(config, needs, available=None):
                               f"{gigabytes(available)} available")
 
 
+def check_model(config, package):
+    """check_memory of what the model folder's memory.needs(config) lists, when it has that module
+    (the command lines call this once the config is read). Raises ConfigError."""
+    from .model_loader import has_module, model_module
+    if has_module(package, "memory"):
+        check_memory(config, model_module(package, "memory", "runner.model_dir").needs(config))
+
+
 def gigabytes(size):
     """`size` bytes as a short text in GB (10^9 bytes)."""
     return f"{size / 1e9:.3g} GB" if size < 1e12 else f"{size / 1e9:,.0f} GB"

@@ -90,6 +90,3 @@ def validate(config):
     for key in ("hyper_parameters.ctr_fc_sizes", "hyper_parameters.cvr_fc_sizes"):
         if any(size < 1 for size in config[key]):
             raise ConfigError(f"{config.path}: {key} must list positive sizes, got {config[key]}")
-    from rectools.limits import check_memory
-    from .memory import needs
-    check_memory(config, needs(config))
