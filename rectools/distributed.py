@@ -35,10 +35,12 @@ import hashlib
 import logging
 import os
 import re
+import time
 
 import numpy as np
 
 from . import metrics
+from .cache import fingerprint
 from .cli import launched_processes
 from .data import Shard
 from .engines import dygraph_mode
@@ -62,9 +64,42 @@ def collective():
     except RuntimeError as e:
         if not _GAVE_UP.search(str(e)):
             raise
+        first = peer_errors()
+        if first:  # the cause, on the console: paddle.distributed.launch shows rank 0's output, not the others'
+            raise UserError(f"rank {first[0][0]} of this job failed: {first[0][1]}") from None
         detail = next(line.strip() for line in str(e).splitlines() if line.strip())
-        raise UserError(f"another process of this job stopped or failed, so a collective with it gave up "
-                        f"({detail[:200]})") from None
+        raise UserError(f"{GAVE_UP_LINE}, so a collective with it gave up ({detail[:200]})") from None
+
+
+GAVE_UP_LINE = "another process of this job stopped or failed"
+_STARTED = time.time()  # a worker log last written before this process started is an earlier job's
+ERROR_PREFIX = "error: "  # how rectools.cli prints a user error
+
+
+def peer_errors(log_dir=None, rank=None, ranks=None):
+    """[(rank, error line without its "error: ")] of the other processes of this job on this machine
+    that stopped on an error of their own (not a collective giving up): the last such line of each
+    one's workerlog.<rank> in `log_dir` (paddle.distributed.launch's PADDLE_LOG_DIR), when written
+    during this job. `rank`, `ranks`: this process's and the job's (default: the launcher's)."""
+    log_dir = log_dir or os.environ.get("PADDLE_LOG_DIR")
+    if not log_dir:
+        return []
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0) if rank is None else rank
+    found = []
+    for other in range(launched_processes() if ranks is None else ranks):
+        path = os.path.join(log_dir, f"workerlog.{other}")
+        try:
+            if other == rank or os.stat(path).st_mtime < _STARTED:
+                continue
+            with open(path, "rb") as f:
+                f.seek(max(os.fstat(f.fileno()).st_size - (1 << 16), 0))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            continue
+        own = [line for line in lines if line.startswith(ERROR_PREFIX) and GAVE_UP_LINE not in line]
+        if own:
+            found.append((other, own[-1][len(ERROR_PREFIX):]))
+    return found
 
 
 class Group:
@@ -209,16 +244,23 @@ class Group:
                 yield from (item for item in held if item is not None)
 
     def check_data(self, files):
-        """Refuse a job whose ranks read different data: `files` (paths) compared by name and size."""
+        """Refuse a job whose ranks read different data: `files` (paths) compared by name, size and
+        content fingerprint (rectools.cache.fingerprint: sampled blocks of each file)."""
         if self.size == 1:
             return
-        mine = [(os.path.basename(f), os.path.getsize(f)) for f in files]
+        mine = [(os.path.basename(f), os.path.getsize(f), fingerprint(f)) for f in files]
         everyone = self.all_gather(mine)
         for rank, theirs in enumerate(everyone):
-            if theirs != mine:
+            theirs = [tuple(item) for item in theirs]
+            if [item[:2] for item in theirs] != [item[:2] for item in mine]:
                 raise ConfigError(f"rank {rank} reads other data files than rank {self.rank} "
-                                  f"({len(theirs)} files, {sum(s for _, s in theirs)} bytes against {len(mine)}, "
-                                  f"{sum(s for _, s in mine)}): every process must read the same files")
+                                  f"({len(theirs)} files, {sum(s for _, s, _ in theirs)} bytes against {len(mine)}, "
+                                  f"{sum(s for _, s, _ in mine)}): every process must read the same files")
+            differ = [name for (name, _, a), (_, _, b) in zip(mine, theirs) if a != b]
+            if differ:
+                raise ConfigError(f"rank {rank} reads other data than rank {self.rank}: {', '.join(differ[:3])} "
+                                  f"{'has' if len(differ) == 1 else 'have'} the same name and size but other content "
+                                  f"on the two: every process must read the same files")
 
     def check_parameters(self, parameters):
         """Raise RuntimeError unless every rank holds the same `parameters` ({name: array}), compared

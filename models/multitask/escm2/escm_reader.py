@@ -41,6 +41,7 @@ INT64_LIMIT = 2 ** 63
 PARSER_VERSION = 2  # part of the cache key: bump whenever the parsed arrays or counts change
 BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
 FIRST_BLOCK_BYTES = 64 << 10  # the first block of a file: training starts without waiting for 2 MB
+SMALL_FILE_BYTES = 256 << 10  # a file up to this size (as stored: a .gz compressed) is parsed without workers
 
 
 class RecDataset(Reader):
@@ -80,10 +81,12 @@ class RecDataset(Reader):
         read here and its blocks sent."""
         counts = new_counts(self.fields)
         parse = BlockParse(self.fields, self.max_len, self.vocab, path)
+        # a file of one block or less is parsed here: workers would only add their start (a fork each)
+        processes = 0 if os.path.getsize(path) <= SMALL_FILE_BYTES else self.processes
         if path.endswith(".gz"):
-            parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), self.processes)
+            parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), processes)
         else:
-            parts = process_map(parse, byte_ranges(os.path.getsize(path), self.block_bytes), self.processes)
+            parts = process_map(parse, byte_ranges(os.path.getsize(path), self.block_bytes), processes)
         lines = 0  # before the block: a worker reading a range numbers its lines from 1
         try:
             for arrays, block_counts, block_lines in parts:
