@@ -293,20 +293,12 @@ class ArrayCache:
         if self.folder is None or self.tidied:
             return
         self.tidied = True
-        try:
-            names = os.listdir(self.folder)
-        except OSError:
-            return
-        left, size = 0, 0
-        for name in names:
-            path = os.path.join(self.folder, name)
-            if _left_behind(path, name):
-                size += _size(path)
-                shutil.rmtree(path, ignore_errors=True)
-                left += 1
+        left = [item for item in temporaries(self.folder) if item["left"]]
+        for item in left:
+            shutil.rmtree(item["path"], ignore_errors=True)
         if left:
-            log.info("cache %s: removed %d temporary entr%s of stopped runs (%.1f MB)", self.folder, left,
-                     "y" if left == 1 else "ies", size / 1e6)
+            log.info("cache %s: removed %d temporary entr%s of stopped runs (%.1f MB)", self.folder, len(left),
+                     "y" if len(left) == 1 else "ies", sum(item["bytes"] for item in left) / 1e6)
         self._prune()
 
     def _prune(self):
