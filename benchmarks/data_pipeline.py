@@ -69,7 +69,7 @@ def read_through(path):
 
 
 def reader_figures(path, cache_dir):
-    """(text lines/s, cache lines/s, reference lines/s, peak RSS MB) of the model's reader on `path`,
+    """(text lines/s, cache lines/s, reference lines/s, cache bytes a line, peak RSS MB) of the model's reader on `path`,
     measured in a child process of its own, so that its peak RSS is the reader's alone."""
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--reader-only", path, cache_dir],
                              stdout=subprocess.PIPE, text=True)
@@ -81,7 +81,7 @@ def reader_figures(path, cache_dir):
 
 
 def reader_only(path, cache_dir):
-    from rectools import model_loader
+    from rectools import cache, model_loader
     config, package = model_loader.load(CONFIG, COMMON + [f"runner.cache_dir={cache_dir}"])
     reader = model_loader.model_module(package, "escm_reader", "benchmark")
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -92,6 +92,8 @@ def reader_only(path, cache_dir):
         for chunk in dataset.chunks():
             rows += len(chunk["click"])
         speeds.append(rows / (time.perf_counter() - start))
+    rows_read = rows
+    entry_bytes = sum(entry["bytes"] for entry in cache.entries(cache_dir))
     shutil.rmtree(cache_dir, ignore_errors=True)
     from datasets.ali_ccp import line_parser, lines
     reference = line_parser.LineParser(dataset.fields, dataset.max_len, dataset.vocab)
@@ -101,7 +103,7 @@ def reader_only(path, cache_dir):
         if rows >= REFERENCE_LINES:
             break
     speeds.append(rows / (time.perf_counter() - start))
-    print(json.dumps(speeds))
+    print(json.dumps([*speeds, entry_bytes / rows_read]))
 
 
 def _tree(pid):
@@ -168,10 +170,11 @@ def measure(out, rows, nets, mkl_choices=("tools", "own")):
     print(f"\n{rows} lines of the real shape, max_len 3, 737946 ids:")
     path = make_data(out, rows)
     print(f"  the text, {os.path.getsize(path) / 1e9:.1f} GB, read once beforehand in {read_through(path):.0f} s")
-    text, cached, reference, reader_rss = reader_figures(path, os.path.join(out, "reader-cache"))
+    text, cached, reference, line_bytes, reader_rss = reader_figures(path, os.path.join(out, "reader-cache"))
     print(f"  reader, text (first pass, cache written) {text:10.0f} lines/s   (reader alone: peak RSS "
           f"{reader_rss:.0f} MB, its process; parse workers forked from it)")
-    print(f"  reader, cache (second pass)              {cached:10.0f} lines/s")
+    print(f"  reader, cache (second pass)              {cached:10.0f} lines/s   ({line_bytes:.0f} bytes a line on "
+          f"disk: ids int32, click and buy int8, sample_id int64)")
     print(f"  reference line parser (first {REFERENCE_LINES} lines)  {reference:10.0f} lines/s"
           f"   -> text pass {text / reference:.1f}x")
     print("  training end to end, batch 1024, DR (samples/s; MB):")

@@ -18,6 +18,7 @@ import numpy as np
 
 from .atomic import HOST, atomic_folder, recover
 from .atomic import atomic_file  # noqa: F401  (checkpoint.atomic_file: the bias study's name for it)
+from . import disk
 from .errors import ConfigError
 
 log = logging.getLogger("rectools")
@@ -54,7 +55,7 @@ def save(root, epoch, write_files, **info):
     The manifest lists the top-level entries (`files`) and the size and sha256 of every file under
     the folder (`checksums`), plus `epoch`, `saved_at` (Unix seconds) and `info`."""
     final = os.path.join(root, str(epoch))
-    with atomic_folder(final) as tmp:
+    with disk.room(root, f"the checkpoint of epoch {epoch}"), atomic_folder(final) as tmp:
         write_files(tmp)
         manifest = {"epoch": epoch, "files": sorted(os.listdir(tmp)), "checksums": _checksums(tmp),
                     "saved_at": time.time(), **info}
@@ -83,9 +84,19 @@ def manifest(folder, key):
         sums = [(name, int(s["bytes"]), str(s["sha256"])) for name, s in content.get("checksums", {}).items()]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{key}: {path} is not a readable manifest ({e})") from None
-    missing += [name for name, _, _ in sums if name not in missing and not os.path.isfile(os.path.join(folder, name))]
     if missing:
         raise ConfigError(f"{key}: checkpoint {folder} lacks {', '.join(missing)}, which its manifest lists")
+    verify(folder, sums, key, "checkpoint")
+    return content
+
+
+def verify(folder, sums, key, what):
+    """Check the files of `folder` against `sums` [(path relative to folder, bytes, sha256 hex)];
+    a ConfigError naming `key` for the first missing file or the first whose size or sha256
+    differs. `what` names the folder's kind in the message (checkpoint, exported model)."""
+    missing = [name for name, _, _ in sums if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        raise ConfigError(f"{key}: {what} {folder} lacks {', '.join(missing)}, which its manifest lists")
     for name, size, sha256 in sums:
         file = os.path.join(folder, name)
         if os.path.getsize(file) != size:
@@ -93,7 +104,6 @@ def manifest(folder, key):
                               f"records {size}")
         if _sha256(file) != sha256:
             raise ConfigError(f"{key}: {file} is damaged: its sha256 differs from the one the manifest records")
-    return content
 
 
 def load_arrays(path, key):
@@ -225,6 +235,19 @@ def _release_all():
         release(real)
 
 
+def _forget_in_child():
+    """In a forked child (a parse worker...): close the lock files' descriptors. The lock stays
+    with the parent's descriptor; a child that outlived a killed parent would otherwise keep the
+    folder locked for as long as it ran."""
+    for fd, _, _ in _claimed.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _claimed.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def _lock(path, root):
     """(fd holding the flock of `path`, the previous holder's record or None)."""
     while True:
@@ -236,6 +259,12 @@ def _lock(path, root):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read_holder(fd, wait=1.0)
+            if _orphaned(holder):
+                if _unlink_orphaned(path, fd):
+                    log.info("%s: the lock of %s, which is no longer running, was still held by processes it "
+                             "left behind; taking it over", root, _holder_text(holder))
+                os.close(fd)
+                continue
             os.close(fd)
             raise ConfigError(f"runner.model_save_path: {root} is in use by another trainer "
                               f"({_holder_text(holder)}); wait for it to end or choose another "
@@ -253,6 +282,34 @@ def _lock(path, root):
     os.pwrite(fd, json.dumps(record).encode(), 0)
     os.fsync(fd)
     return fd, previous
+
+
+def _orphaned(holder):
+    """Whether a lock file's record names a process of this host that no longer runs: its lock
+    is then held only by processes it left behind (children that inherited the descriptor)."""
+    try:
+        return bool(holder) and holder.get("host") == HOST and not _alive(int(holder["pid"]))
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _unlink_orphaned(path, fd):
+    """Remove the lock file `path` when it is still the file open as `fd` (whose holder is gone),
+    so that the next open makes a fresh one; returns whether it did (False: another process
+    replaced it meanwhile). Two processes taking over at once are serialised by a flock of the
+    folder itself: the second finds the file replaced and competes for the new one as usual."""
+    folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        try:
+            if not os.path.samestat(os.fstat(fd), os.stat(path)):
+                return False
+        except FileNotFoundError:
+            return False
+        os.unlink(path)
+        return True
+    finally:
+        os.close(folder)  # releases the folder's flock
 
 
 def _read_holder(fd, wait=0.0):

@@ -144,8 +144,11 @@ def _config_then_paddle(main, load, config_path, overrides):
 
 
 def _model_config(config_path, overrides):
+    from .limits import check_model
     from .model_loader import load
-    return load(config_path, overrides)
+    loaded = load(config_path, overrides)
+    check_model(*loaded)  # sizes beyond this machine's memory: refused now, not mid-run
+    return loaded
 
 
 def run(main, description, argv=None, load=_model_config):

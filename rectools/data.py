@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,12 +171,13 @@ def background(iterable, depth):
         thread.join()
 
 
-def _worker_start():
-    """In a forked worker: the default signal handlers (not the parent's, e.g. Paddle's fatal-signal
-    reports; Ctrl-C is the parent's to handle); never collect what the parent left (its objects may
-    hold locks or resources of the parent's threads, e.g. tensors); and keep freed memory for
-    reuse: glibc otherwise serves each numpy temporary of a few MB from a fresh mmap, and page
-    faults cost as much as the parsing."""
+def _worker_start(parent):
+    """In a forked worker: end with `parent` (its pid; see die_with); the default signal handlers
+    (not the parent's, e.g. Paddle's fatal-signal reports; Ctrl-C is the parent's to handle); never
+    collect what the parent left (its objects may hold locks or resources of the parent's threads,
+    e.g. tensors); and keep freed memory for reuse: glibc otherwise serves each numpy temporary of
+    a few MB from a fresh mmap, and page faults cost as much as the parsing."""
+    die_with(parent)
     for name in ("SIGTERM", "SIGSEGV", "SIGABRT", "SIGBUS", "SIGFPE", "SIGILL"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -186,6 +188,35 @@ def _worker_start():
         libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):  # not glibc: the defaults stay
         pass
+
+
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+WATCH_SECONDS = 1.0  # how often a worker looks for its parent where the kernel does not tell it
+
+
+def die_with(parent):
+    """End this process (SIGKILL: a parse worker holds nothing to clean up) when the process
+    `parent` (pid) ends, however it ends (kill -9 too), so that no worker outlives its trainer.
+
+    On Linux the kernel sends the signal (prctl PR_SET_PDEATHSIG, through ctypes; it fires when the
+    thread that forked this process ends, and process_map's pool never outlives the thread that
+    made it). A daemon thread also checks every WATCH_SECONDS that the parent is still this
+    process's parent, elsewhere and should the kernel call fail. A parent that already ended before
+    this call ends this process at once."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # no libc or no prctl (not Linux): the watchdog alone
+        pass
+    if os.getppid() != parent:  # the parent ended before the signal was asked for
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(WATCH_SECONDS)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def workers():
@@ -211,7 +242,7 @@ def process_map(function, items, processes=None, ahead=None):
         return
     ahead = ahead or 2 * processes
     pool = concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"),
-                                                  initializer=_worker_start)
+                                                  initializer=_worker_start, initargs=(os.getpid(),))
     pending = collections.deque()
     try:
         for item in items:

@@ -8,6 +8,7 @@ before Paddle loads.
 import contextlib
 import os
 import re
+import time
 
 from .errors import ConfigError, UserError
 
@@ -67,6 +68,39 @@ def collective():
     except RuntimeError as e:
         if not _GAVE_UP.search(str(e)):
             raise
+        first = peer_errors()
+        if first:  # the cause, on the console: paddle.distributed.launch shows rank 0's output, not the others'
+            raise UserError(f"rank {first[0][0]} of this job failed: {first[0][1]}") from None
         detail = next(line.strip() for line in str(e).splitlines() if line.strip())
-        raise UserError(f"another process of this job stopped or failed, so a collective with it gave up "
-                        f"({detail[:200]})") from None
+        raise UserError(f"{GAVE_UP_LINE}, so a collective with it gave up ({detail[:200]})") from None
+
+
+GAVE_UP_LINE = "another process of this job stopped or failed"
+_STARTED = time.time()  # a worker log last written before this process started is an earlier job's
+ERROR_PREFIX = "error: "  # how rectools.cli prints a user error
+
+
+def peer_errors(log_dir=None, rank=None, ranks=None):
+    """[(rank, error line without its "error: ")] of the other processes of this job on this machine
+    that stopped on an error of their own (not a collective giving up): the last such line of each
+    one's workerlog.<rank> in `log_dir` (paddle.distributed.launch's PADDLE_LOG_DIR), when written
+    during this job. `rank`, `ranks`: this process's and the job's (default: the launcher's)."""
+    log_dir = log_dir or os.environ.get("PADDLE_LOG_DIR")
+    if not log_dir:
+        return []
+    rank = int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0) if rank is None else rank
+    found = []
+    for other in range(launched_processes() if ranks is None else ranks):
+        path = os.path.join(log_dir, f"workerlog.{other}")
+        try:
+            if other == rank or os.stat(path).st_mtime < _STARTED:
+                continue
+            with open(path, "rb") as f:
+                f.seek(max(os.fstat(f.fileno()).st_size - (1 << 16), 0))
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            continue
+        own = [line for line in lines if line.startswith(ERROR_PREFIX) and GAVE_UP_LINE not in line]
+        if own:
+            found.append((other, own[-1][len(ERROR_PREFIX):]))
+    return found

@@ -41,6 +41,7 @@ import sys
 import numpy as np
 
 from . import metrics
+from .cache import fingerprint
 from .data import Shard
 from .device import collective, dygraph_mode, launched_processes, place
 from .errors import ConfigError, UserError
@@ -190,16 +191,23 @@ class Group:
                 yield from (item for item in held if item is not None)
 
     def check_data(self, files):
-        """Refuse a job whose ranks read different data: `files` (paths) compared by name and size."""
+        """Refuse a job whose ranks read different data: `files` (paths) compared by name, size and
+        content fingerprint (rectools.cache.fingerprint: sampled blocks of each file)."""
         if self.size == 1:
             return
-        mine = [(os.path.basename(f), os.path.getsize(f)) for f in files]
+        mine = [(os.path.basename(f), os.path.getsize(f), fingerprint(f)) for f in files]
         everyone = self.all_gather(mine)
         for rank, theirs in enumerate(everyone):
-            if theirs != mine:
+            theirs = [tuple(item) for item in theirs]
+            if [item[:2] for item in theirs] != [item[:2] for item in mine]:
                 raise ConfigError(f"rank {rank} reads other data files than rank {self.rank} "
-                                  f"({len(theirs)} files, {sum(s for _, s in theirs)} bytes against {len(mine)}, "
-                                  f"{sum(s for _, s in mine)}): every process must read the same files")
+                                  f"({len(theirs)} files, {sum(s for _, s, _ in theirs)} bytes against {len(mine)}, "
+                                  f"{sum(s for _, s, _ in mine)}): every process must read the same files")
+            differ = [name for (name, _, a), (_, _, b) in zip(mine, theirs) if a != b]
+            if differ:
+                raise ConfigError(f"rank {rank} reads other data than rank {self.rank}: {', '.join(differ[:3])} "
+                                  f"{'has' if len(differ) == 1 else 'have'} the same name and size but other content "
+                                  f"on the two: every process must read the same files")
 
     def check_parameters(self, parameters):
         """Raise RuntimeError unless every rank holds the same `parameters` ({name: array}), compared

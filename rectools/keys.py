@@ -12,8 +12,12 @@ RUNNER_KEYS = [
     Key("runner.train_data_dir", "path", None, "folder of training files (every file in it is read, sorted by name)"),
     Key("runner.test_data_dir", "path", None, "folder of evaluation files, read by infer"),
     Key("runner.cache_dir", "optional_path", None,
-        "where parsed data files are cached (per file, checked against the file's size and mtime); unset or null: "
+        "where parsed data files are cached (per file, checked against the file's size, times and sampled bytes, "
+        "and by checksums as it is read); unset or null: "
         "$XDG_CACHE_HOME/escm2-paddle or ~/.cache/escm2-paddle; none or '': no cache"),
+    Key("runner.cache_max_gb", "float", 32.0,
+        "GB (10^9 bytes) the cache folder's entries may take; the least recently used go first (full Ali-CCP, "
+        "train and test at max_len 3: ~25 GB); list or clear them with tools/cache.py", minimum=0.0),
     Key("runner.use_gpu", "bool", False, "run on the GPU (needs a CUDA build of Paddle)"),
     Key("runner.use_fleet", "bool", False,
         "run as the N processes python -m paddle.distributed.launch starts: each takes every N-th batch; "

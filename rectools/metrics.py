@@ -11,18 +11,17 @@ int8 labels, ~26 while the AUCs run (their buckets' files). A model's own evalua
 (its metrics.py) is built from these.
 """
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import socket
 import tempfile
-import time
 import weakref
 from collections.abc import Mapping
 
 import numpy as np
 
+from . import disk, leftovers
 from .contract import Predictions
 from .errors import UserError
 
@@ -42,16 +41,16 @@ def _on_disk(what, folder=None):
     except OSError as e:
         try:
             folder = folder or tempfile.gettempdir()
-            room = f"; {shutil.disk_usage(folder).free / 1e6:.0f} MB free there"
         except OSError:  # no usable temporary folder at all
-            room = ""
+            pass
+        free = disk.free_text(folder) if folder else ""
+        room = f"; {free}" if free else ""
         where = e.filename or folder or "the temporary folder"
         raise UserError(f"cannot write {what} to {where} ({e.strerror or e}{room}): point TMPDIR at a writable "
                         f"folder with room (an epoch's predictions take ~26 bytes an impression at its end)") from None
 
 
 _HOST = socket.gethostname()
-_LOCK = ".lock"  # in each temporary folder, flock-ed by its process as long as it lives
 _swept = False
 
 
@@ -66,28 +65,14 @@ def _temporary_folder(kind):
         _swept = True
         root = tempfile.gettempdir()
         gone = [os.path.join(root, name) for name in os.listdir(root) if name.startswith("rectools-")]
-        gone = [path for path in gone if _abandoned(path)]
+        gone = [path for path in gone if leftovers.abandoned(path)]
         for path in gone:
             shutil.rmtree(path, ignore_errors=True)
         if gone:
             logging.getLogger("rectools").info("removed %d temporary folder(s) of stopped runs from %s",
                                                len(gone), root)
     folder = tempfile.mkdtemp(prefix=f"rectools-{kind}-{_HOST}-{os.getpid()}-")
-    lock = open(os.path.join(folder, _LOCK), "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    return folder, lock
-
-
-def _abandoned(folder):
-    path = os.path.join(folder, _LOCK)
-    try:
-        if time.time() - os.stat(path).st_mtime < 60:
-            return False
-        with open(path, "r+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when f closes
-    except OSError:  # held (its process runs), or no lock file: not ours to remove
-        return False
-    return True
+    return folder, leftovers.hold(folder)
 
 
 def _remove(folder, lock):

@@ -21,7 +21,7 @@ import os
 import secrets
 import time
 
-from . import checkpoint
+from . import checkpoint, disk
 from .atomic import atomic_file
 from .errors import ConfigError
 
@@ -70,7 +70,7 @@ def read(path):
 
 def write(path, found):
     """`found` (records) as the whole content of `path`, which is replaced only once it is on disk."""
-    with atomic_file(path) as f:
+    with disk.room(os.path.dirname(os.path.abspath(path)), os.path.basename(path)), atomic_file(path) as f:
         f.writelines(json.dumps(clean(record)) + "\n" for record in found)
         f.flush()
         os.fsync(f.fileno())

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import paddle
 
-from . import checkpoint, early_stopping
+from . import checkpoint, disk, early_stopping
 from .atomic import atomic_file, atomic_folder
 from .data import epoch_batches, no_samples, reader
 from .distributed import LOCAL
@@ -28,6 +28,7 @@ def serving_module(package):
 
 
 LAYOUT = "layout.json"  # beside an export: the reader's id layout it was trained with, when the reader has one
+CHECKSUMS = "checksums.json"  # written last into an export: the size and sha256 of each of its other files
 
 
 def export(config, package, params, out_dir, layout=None):
@@ -40,6 +41,9 @@ def export(config, package, params, out_dir, layout=None):
     if layout is not None:
         with open(os.path.join(out_dir, LAYOUT), "w") as f:
             json.dump(layout, f, indent=1)
+    sums = checkpoint._checksums(out_dir)
+    with open(os.path.join(out_dir, CHECKSUMS), "w") as f:
+        json.dump({"checksums": sums}, f, indent=1)
 
 
 def _rename_outputs(node, names):
@@ -83,10 +87,10 @@ def export_checkpoint(config, package):
     target = config["runner.export_dir"] or os.path.join(source, checkpoint.INFERENCE_DIR)
     serving = serving_module(package)
     if os.path.exists(target) and not set(os.listdir(target)) <= {serving.MODEL, serving.PARAMS, serving.SIGNATURE,
-                                                                  LAYOUT}:
+                                                                  LAYOUT, CHECKSUMS}:
         raise ConfigError(f"runner.export_dir: {target} exists and is not an exported model: not replacing it")
     params = checkpoint.load_arrays(os.path.join(source, checkpoint.PARAMS), "runner.export_checkpoint")
-    with atomic_folder(target) as tmp:
+    with disk.room(os.path.dirname(os.path.abspath(target)), "the exported model"), atomic_folder(target) as tmp:
         export(config, package, params, tmp, layout)
     log.info("exported %s to %s", source, target)
     return target
@@ -104,11 +108,18 @@ def create_predictor(model_dir, serving, config):
         if not os.path.isfile(os.path.join(model_dir, name)):
             raise ConfigError(f"{key}: {model_dir} is not an exported model (no {name}); "
                               f"export one with tools/export.py or runner.use_inference=True")
-    with open(os.path.join(model_dir, serving.SIGNATURE)) as f:
-        exported = json.load(f)
+    check_export(model_dir, key)
+    signature_path = os.path.join(model_dir, serving.SIGNATURE)
+    try:
+        with open(signature_path) as f:
+            exported = json.load(f)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {signature_path} is not readable ({e})") from None
+    if not isinstance(exported, dict):
+        raise ConfigError(f"{key}: {signature_path} is not readable (not a JSON object)")
     expected = serving.signature(config)
     for field in expected:
-        if exported.get(field) != expected[field]:
+        if field in exported and exported[field] != expected[field]:  # an older export may lack a field
             raise ConfigError(f"{key}: {model_dir} was exported for {field}={exported.get(field)}, "
                               f"but the config gives {field}={expected[field]}")
     settings = inference.Config(os.path.join(model_dir, serving.MODEL), os.path.join(model_dir, serving.PARAMS))
@@ -119,7 +130,31 @@ def create_predictor(model_dir, serving, config):
     else:
         settings.disable_gpu()
         settings.set_cpu_math_library_num_threads(config["runner.predict_threads"])
-    return inference.create_predictor(settings)
+    try:
+        return inference.create_predictor(settings)
+    except RuntimeError as e:  # Paddle's error for a damaged or foreign program or parameter file
+        reason = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)[:300]
+        raise ConfigError(f"{key}: {model_dir} is not an exported model Paddle can load ({reason}); export it "
+                          f"again with tools/export.py") from None
+
+
+def check_export(model_dir, key):
+    """Check the files of an exported model against its CHECKSUMS, whatever path names the folder;
+    an export without one (older versions) inside a checkpoint is checked against the checkpoint's
+    manifest. A ConfigError naming `key` for a damaged file or an unreadable CHECKSUMS."""
+    path = os.path.join(model_dir, CHECKSUMS)
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                sums = [(name, int(s["bytes"]), str(s["sha256"])) for name, s in json.load(f)["checksums"].items()]
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"{key}: {path} is not readable ({e})") from None
+        checkpoint.verify(model_dir, sums, key, "exported model")
+        return
+    parent = os.path.dirname(os.path.abspath(model_dir))
+    if os.path.basename(os.path.abspath(model_dir)) == checkpoint.INFERENCE_DIR and \
+            os.path.isfile(os.path.join(parent, checkpoint.MANIFEST)):
+        checkpoint.manifest(parent, key)
 
 
 def run_batch(predictor, feeds, outputs):
@@ -157,7 +192,8 @@ def predict(config, package, group=LOCAL):
             yield batch["sample_id"], run_batch(predictor, serving.inputs(batch, config), serving.OUTPUTS)
 
     progress = Progress("predict", config["runner.print_interval"], expected_samples(dataset))
-    with atomic_file(output) if group.main else contextlib.nullcontext() as f:
+    with disk.room(os.path.dirname(os.path.abspath(output)), "the predictions"), \
+            atomic_file(output) if group.main else contextlib.nullcontext() as f:
         if group.main:
             f.write(",".join(("sample_id",) + tuple(serving.OUTPUTS)) + "\n")
         for sample_id, values in group.in_order(scored()):  # every rank's batches on rank 0, none on the others

@@ -157,13 +157,13 @@ class ColumnCsvReader(Reader):
     largest training id and `rows_needed` the embedding rows the ids reach (1 + sum(sizes)).
     Raises DataError (file and line) for bad data in a training file."""
 
-    def __init__(self, file_list, fields, max_len, train_files, cache_dir, chunk_lines=8192):
+    def __init__(self, file_list, fields, max_len, train_files, cache_dir, chunk_lines=8192, cache_limit=None):
         self.file_list = list(file_list)
         self.fields = fields
         self.max_len = max_len
         self.chunk_lines = chunk_lines
         self.cache = cache.ArrayCache(cache_dir, {
-            "format": "column CSV", "parser_version": PARSER_VERSION, "fields": self.fields})
+            "format": "column CSV", "parser_version": PARSER_VERSION, "fields": self.fields}, limit=cache_limit)
         self.sizes = np.ones(len(self.fields), dtype=np.int64)  # 1 + the largest id of each field (1 if none)
         for path in train_files:
             self.sizes = np.maximum(self.sizes, np.array(self._summary(path)["largest"]) + 1)

@@ -36,6 +36,7 @@ BOM = b"\xef\xbb\xbf"
 PARSER_VERSION = 2  # part of the cache key: bump whenever the parsed arrays or counts change
 BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
 FIRST_BLOCK_BYTES = 64 << 10  # the first block of a file: training starts without waiting for 2 MB
+SMALL_FILE_BYTES = 256 << 10  # a file up to this size (as stored: a .gz compressed) is parsed without workers
 
 
 class LinesReader(Reader):
@@ -43,13 +44,15 @@ class LinesReader(Reader):
 
     `fields` (F field names, in input order), `max_len` (L ids kept per field and line) and `vocab`
     (every id must be below it) are what a model reads; `cache_dir` holds the parsed arrays
-    (rectools.cache; None: no cache). `chunk_lines` bounds the lines of one chunk.
+    (rectools.cache; None: no cache), at most `cache_limit` bytes of them (None: no limit).
+    `chunk_lines` bounds the lines of one chunk.
     `processes`: parse workers (None: one per core; 0: parse in the calling thread).
     chunks() yields dicts: ids int64 [n, F, L] (0 pads), click, buy, sample_id int64 [n].
     Raises DataError naming file and line for malformed data (see LineParser).
     """
 
-    def __init__(self, file_list, fields, max_len, vocab, cache_dir, chunk_lines=8192, processes=None):
+    def __init__(self, file_list, fields, max_len, vocab, cache_dir, cache_limit=None, chunk_lines=8192,
+                 processes=None):
         self.file_list = list(file_list)
         self.fields = list(fields)
         self.max_len = max_len
@@ -59,7 +62,8 @@ class LinesReader(Reader):
         self.block_bytes = BLOCK_BYTES
         self.cache = cache.ArrayCache(cache_dir, {
             "format": "PaddleRec Ali-CCP lines", "parser_version": PARSER_VERSION, "fields": self.fields,
-            "max_len": self.max_len, "sparse_feature_number": self.vocab})
+            "max_len": self.max_len, "sparse_feature_number": self.vocab},
+            narrow={"ids": cache.narrowest(self.vocab - 1), "click": np.int8, "buy": np.int8}, limit=cache_limit)
         self.reported = set()  # files whose drop counts were logged: once per file, not per epoch
 
     def chunks(self):
@@ -74,10 +78,12 @@ class LinesReader(Reader):
         read here and its blocks sent."""
         counts = new_counts(self.fields)
         parse = ParseJob(self.fields, self.max_len, self.vocab, path)
+        # a file of one block or less is parsed here: workers would only add their start (a fork each)
+        processes = 0 if os.path.getsize(path) <= SMALL_FILE_BYTES else self.processes
         if path.endswith(".gz"):
-            parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), self.processes)
+            parts = process_map(parse, read_blocks(path, self.block_bytes, self.chunk_lines), processes)
         else:
-            parts = process_map(parse, byte_ranges(os.path.getsize(path), self.block_bytes), self.processes)
+            parts = process_map(parse, byte_ranges(os.path.getsize(path), self.block_bytes), processes)
         lines = 0  # before the block: a worker reading a range numbers its lines from 1
         try:
             for arrays, block_counts, block_lines in parts:

@@ -39,7 +39,8 @@ def test_static_training_exports_each_epoch_and_predict_scores_every_line(synthe
     common = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.model_save_path={tmp_path}"]
     ok(run_tool("static_trainer.py", *common, "runner.use_inference=True", cwd=str(tmp_path)))
     for epoch in ("0", "1"):
-        assert sorted(os.listdir(tmp_path / epoch / "inference")) == ["model.json", "model.pdiparams", "serving.json"]
+        assert sorted(os.listdir(tmp_path / epoch / "inference")) == ["checksums.json", "model.json", "model.pdiparams",
+                                                                      "serving.json"]
     ok(run_tool("static_infer.py", *common, cwd=str(tmp_path)))
     assert [r["epoch"] for r in read_jsonl(tmp_path / "infer_metrics.jsonl")] == [0, 1]
     ok(run_tool("predict.py", *common, "runner.predict_output=scores.csv", cwd=str(tmp_path)))
@@ -59,7 +60,7 @@ def test_export_from_a_dygraph_checkpoint_and_a_mismatched_model_is_refused(synt
     common = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.model_save_path={tmp_path}", "runner.epochs=1"]
     ok(run_tool("trainer.py", *common, cwd=str(tmp_path)))
     ok(run_tool("export.py", *common, "runner.export_dir=served", cwd=str(tmp_path)))
-    assert sorted(os.listdir(tmp_path / "served")) == ["model.json", "model.pdiparams", "serving.json"]
+    assert sorted(os.listdir(tmp_path / "served")) == ["checksums.json", "model.json", "model.pdiparams", "serving.json"]
     result = run_tool("predict.py", *common, "runner.inference_model_dir=served", "hyper_parameters.max_len=3",
                       cwd=str(tmp_path))
     assert result.returncode == 2

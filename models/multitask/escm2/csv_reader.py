@@ -26,7 +26,7 @@ class RecDataset(ColumnCsvReader):
         train_files = data_files(config["runner.train_data_dir"], "runner.train_data_dir")
         options = reader_options(config)
         super().__init__(file_list, options["fields"], options["max_len"], train_files, options["cache_dir"],
-                         chunk_lines)
+                         chunk_lines, cache_limit=options["cache_limit"])
         table = options["vocab"]
         if table < self.rows_needed:
             raise ConfigError(f"{config.path}: hyper_parameters.sparse_feature_number is {table}, but the ids of "

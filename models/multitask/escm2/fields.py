@@ -10,6 +10,8 @@ def fields(config):
 
 def reader_options(config):
     """Keyword arguments binding a data set's reader to this model: fields, max_len (ids kept per
-    field), vocab (embedding rows: every id must be below it) and cache_dir (rectools.cache)."""
+    field), vocab (embedding rows: every id must be below it), cache_dir and cache_limit (bytes its
+    entries may take, runner.cache_max_gb; rectools.cache)."""
     return {"fields": fields(config), "max_len": config["hyper_parameters.max_len"],
-            "vocab": config["hyper_parameters.sparse_feature_number"], "cache_dir": cache.cache_dir(config)}
+            "vocab": config["hyper_parameters.sparse_feature_number"], "cache_dir": cache.cache_dir(config),
+            "cache_limit": cache.max_bytes(config)}

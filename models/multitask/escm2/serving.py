@@ -3,7 +3,8 @@
 
 It is written with paddle.jit.save from the dygraph net (the same net.py), so it needs no
 training-side code to run: paddle.inference loads `model.json` + `model.pdiparams`.
-`serving.json` beside them records the fields and max_len it was exported for.
+`serving.json` beside them records the fields, max_len and vocabulary size (sparse_feature_number)
+it was exported for; predict refuses a config that differs.
 """
 import json
 import os
@@ -47,7 +48,8 @@ def export(net, config, out_dir):
 def signature(config):
     """What a served model and the data fed to it must agree on."""
     return {"inputs": [input_name(f) for f in model_fields(config)],
-            "max_len": config["hyper_parameters.max_len"], "outputs": list(OUTPUTS)}
+            "max_len": config["hyper_parameters.max_len"], "outputs": list(OUTPUTS),
+            "sparse_feature_number": config["hyper_parameters.sparse_feature_number"]}
 
 
 def inputs(batch, config):
