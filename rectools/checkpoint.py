@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 
-from .atomic import HOST, atomic_folder, recover
-from .atomic import atomic_file  # noqa: F401  (checkpoint.atomic_file: the bias study's name for it)
 from . import disk
+from .atomic import HOST, _alive, atomic_folder, recover
 from .errors import ConfigError
 
 log = logging.getLogger("rectools")

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from . import checkpoint, records
+from .atomic import atomic_file
 from .contract import Reader
 from .data import reader
 from .errors import ConfigError
@@ -149,7 +150,7 @@ def write_best(root, tracker):
     """<root>/best.json from `tracker` (Tracker), replaced whole; nothing while there is no best epoch."""
     if tracker.best_epoch is None:
         return
-    with checkpoint.atomic_file(os.path.join(root, BEST)) as f:
+    with atomic_file(os.path.join(root, BEST)) as f:
         json.dump(records.clean(tracker.summary()), f, indent=1)
         f.flush()
         os.fsync(f.fileno())

@@ -26,7 +26,7 @@ import numpy as np
 
 import paddle
 
-from rectools import checkpoint, engines, loops, model_loader
+from rectools import atomic, checkpoint, engines, loops, model_loader
 from rectools.config import REQUIRED, Key, load_config
 from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError
@@ -293,7 +293,7 @@ def run(suite):
                          "run_dir": run_dir, "mode_graph": suite["suite.graph_mode"]})
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
-    with checkpoint.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
+    with atomic.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
         for result in _map(run_one, jobs, suite["suite.workers"]):
             results.append(result)
             f.write(json.dumps(result) + "\n")
@@ -303,7 +303,7 @@ def run(suite):
                      100 * result["ieb_rel"], result["auc_cvr_all"], result["auc_ctr"], len(results), len(jobs),
                      result["seconds"])
     table = markdown(results, suite)
-    with checkpoint.atomic_file(os.path.join(out, "results.md")) as f:
+    with atomic.atomic_file(os.path.join(out, "results.md")) as f:
         f.write(table)
     figure(results, os.path.join(out, "cvr_by_ctr_decile.png"))
     print(table)
