@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import checkpoint, records
+from . import records
 from .atomic import atomic_file
 from .contract import Reader
 from .data import reader

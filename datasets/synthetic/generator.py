@@ -457,6 +457,17 @@ def _split_stats(true_ctr, true_cvr, ctr_logit, cvr_logit, click, conv):
     }
 
 
+def _splits_meta(splits, true_ctr, true_cvr, ctr_logit, cvr_logit, click, conv):
+    """meta.json's "splits": per split (name -> range of impressions), its sample ids and _split_stats."""
+    found = {}
+    for name, rows in splits.items():
+        s = slice(rows.start, rows.stop)
+        found[name] = {"first_sample_id": rows.start + 1 if len(rows) else None,
+                       "last_sample_id": rows.stop if len(rows) else None,
+                       **_split_stats(true_ctr[s], true_cvr[s], ctr_logit[s], cvr_logit[s], click[s], conv[s])}
+    return found
+
+
 def _write_split(out_dir, name, compress, rows, world, user_blocks, item_blocks, user, item, context,
                  cross_cols, true_ctr, true_cvr, click, conv, first_id):
     """Lines of impressions rows.start..rows.stop-1 and their truth rows, sample ids from first_id."""
@@ -699,6 +710,24 @@ def _write_meta(folder, meta):
         f.write("\n")
 
 
+def _draw_labels(a, ctr_score, cvr_score, rng):
+    """The true CTR and CVR of scores [n] (intercepts a_, b by bisection: the mean true CTR hits
+    a["ctr"], the conversion rate among clicks a["cvr"]), then click ~ Bernoulli(true CTR) and the
+    potential conversion ~ Bernoulli(true CVR), drawn for every impression, clicked or not.
+    Returns (a_, b, ctr_logit, cvr_logit, true_ctr, true_cvr, click, conversion)."""
+    ctr_signal, cvr_signal = a["ctr_signal"], a["cvr_signal"]
+    a_ = _bisect(lambda x: _sigmoid(x + ctr_signal * ctr_score).mean(), a["ctr"], "mean true CTR")
+    ctr_logit = a_ + ctr_signal * ctr_score
+    true_ctr = _sigmoid(ctr_logit)
+    b = _bisect(lambda x: (true_ctr * _sigmoid(x + cvr_signal * cvr_score)).sum() / true_ctr.sum(), a["cvr"],
+                "conversion rate among clicks")
+    cvr_logit = b + cvr_signal * cvr_score
+    true_cvr = _sigmoid(cvr_logit)
+    u = rng.random((2, len(true_ctr)))
+    return (a_, b, ctr_logit, cvr_logit, true_ctr, true_cvr, (u[0] < true_ctr).astype(np.int64),
+            (u[1] < true_cvr).astype(np.int64))
+
+
 def _generate_truth(out_dir, a):
     n_train, n_test, gzip = a["n_train"], a["n_test"], a["gzip"]
     n = n_train + n_test
@@ -720,17 +749,7 @@ def _generate_truth(out_dir, a):
         ctr_score = math.sqrt(1.0 - h * h) * ctr_score + h * hidden
         cvr_score = math.sqrt(1.0 - h * h) * cvr_score + h * hidden
 
-    ctr_signal, cvr_signal = a["ctr_signal"], a["cvr_signal"]
-    a_ = _bisect(lambda x: _sigmoid(x + ctr_signal * ctr_score).mean(), a["ctr"], "mean true CTR")
-    ctr_logit = a_ + ctr_signal * ctr_score
-    true_ctr = _sigmoid(ctr_logit)
-    b = _bisect(lambda x: (true_ctr * _sigmoid(x + cvr_signal * cvr_score)).sum() / true_ctr.sum(), a["cvr"],
-                "conversion rate among clicks")
-    cvr_logit = b + cvr_signal * cvr_score
-    true_cvr = _sigmoid(cvr_logit)
-    u = out_rng.random((2, n))
-    click = (u[0] < true_ctr).astype(np.int64)
-    conv = (u[1] < true_cvr).astype(np.int64)   # drawn for every impression, clicked or not
+    a_, b, ctr_logit, cvr_logit, true_ctr, true_cvr, click, conv = _draw_labels(a, ctr_score, cvr_score, out_rng)
     cross_cols = _cross_columns(cross_rng, world, user, item)
 
     ext = ".gz" if gzip else ""
@@ -750,12 +769,7 @@ def _generate_truth(out_dir, a):
                         "category_match_rate": category_match_rate, "brand_match_rate": brand_match_rate},
         "splits": {},
     }
-    for name, rows in splits.items():
-        s = slice(rows.start, rows.stop)
-        meta["splits"][name] = {"first_sample_id": rows.start + 1 if len(rows) else None,
-                                "last_sample_id": rows.stop if len(rows) else None,
-                                **_split_stats(true_ctr[s], true_cvr[s], ctr_logit[s], cvr_logit[s],
-                                               click[s], conv[s])}
+    meta["splits"] = _splits_meta(splits, true_ctr, true_cvr, ctr_logit, cvr_logit, click, conv)
 
     with atomic_folder(out_dir) as tmp:
         user_blocks, item_blocks = world.user_blocks(), world.item_blocks()
@@ -803,17 +817,7 @@ def _generate_lowrank(out_dir, a):
     level = _standardize(np.searchsorted(edges, relevance, side="right").astype(np.float64))
     rho = float(a["selection_bias"])
     cvr_score = rho * level + math.sqrt(max(1.0 - rho * rho, 0.0)) * _standardize(item_effect[item])
-    ctr_signal, cvr_signal = a["ctr_signal"], a["cvr_signal"]
-    a_ = _bisect(lambda x: _sigmoid(x + ctr_signal * level).mean(), a["ctr"], "mean true CTR")
-    ctr_logit = a_ + ctr_signal * level
-    true_ctr = _sigmoid(ctr_logit)
-    b = _bisect(lambda x: (true_ctr * _sigmoid(x + cvr_signal * cvr_score)).sum() / true_ctr.sum(), a["cvr"],
-                "conversion rate among clicks")
-    cvr_logit = b + cvr_signal * cvr_score
-    true_cvr = _sigmoid(cvr_logit)
-    u = out_rng.random((2, n))
-    click = (u[0] < true_ctr).astype(np.int64)
-    conv = (u[1] < true_cvr).astype(np.int64)
+    a_, b, ctr_logit, cvr_logit, true_ctr, true_cvr, click, conv = _draw_labels(a, level, cvr_score, out_rng)
 
     def coarse(factors):  # the strongest factor and its sign, folded into `groups` values
         j = np.abs(factors).argmax(axis=1)
@@ -843,12 +847,7 @@ def _generate_lowrank(out_dir, a):
         "calibration": {"ctr_intercept": a_, "cvr_intercept": b, "level_edges": edges.tolist()},
         "splits": {},
     }
-    for name, rows in splits.items():
-        s = slice(rows.start, rows.stop)
-        meta["splits"][name] = {"first_sample_id": rows.start + 1 if len(rows) else None,
-                                "last_sample_id": rows.stop if len(rows) else None,
-                                **_split_stats(true_ctr[s], true_cvr[s], ctr_logit[s], cvr_logit[s],
-                                               click[s], conv[s])}
+    meta["splits"] = _splits_meta(splits, true_ctr, true_cvr, ctr_logit, cvr_logit, click, conv)
     with atomic_folder(out_dir) as tmp:
         for name, rows in splits.items():
             os.makedirs(os.path.join(tmp, name))

@@ -8,6 +8,7 @@ import pytest
 
 from conftest import MODEL_DIR, run_tool
 from rectools import model_loader
+from test_losses import np_bce
 
 package = model_loader.import_model_package(MODEL_DIR)
 losses = model_loader.model_module(package, "losses", "test")
@@ -22,11 +23,6 @@ PCVR = rng.uniform(0.02, 0.98, N)
 CLICK = (rng.uniform(size=N) < 0.4).astype(np.float64)
 BUY = CLICK * (rng.uniform(size=N) < 0.5)
 IMPUTED = rng.uniform(0.0, 3.0, N)
-
-
-def np_bce(p, y):
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
 def np_cvr_risk(mode, normalization, power):
