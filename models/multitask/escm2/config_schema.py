@@ -51,7 +51,9 @@ KEYS = [
     Key("hyper_parameters.gate_num", "int", None,
         "PaddleRec's gate count; here there is one gate per tower (2, or 3 with DR's imputation tower)",
         ignored=True),
-    Key("hyper_parameters.counterfactual_w", "float", 0.1, "lambda_c, weight of the CVR risk", minimum=0),
+    Key("hyper_parameters.counterfactual_w", "float", 0.03,
+        "lambda_c, weight of the CVR risk (the paper: 0.1-1; 0.03 keeps a learned propensity's errors from "
+        "adding bias, see docs/bias_study.md)", minimum=0),
     Key("hyper_parameters.global_w", "float", 0.5, "lambda_g, weight of the CTCVR risk", minimum=0),
     Key("hyper_parameters.propensity_floor", "float", 0.002,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6, maximum=1.0),
