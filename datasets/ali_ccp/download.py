@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import logging
 import os
-import sys
 import time
 import urllib.error
 import urllib.parse

@@ -15,7 +15,7 @@ Input
 
 What it does
   * joins every skeleton row with its common row and keeps the items of the fields of
-    hyper_parameters.fields' default (config_schema.ALI_CCP_FIELDS); items of other fields are
+    datasets.ali_ccp.FIELDS, the model's default hyper_parameters.fields); items of other fields are
     counted and reported;
   * drops rows with click=0 and buy=1 (a purchase without a click), counted per split;
   * splits a dev set off the training rows: a row goes to dev when the seeded generator's next
@@ -46,7 +46,6 @@ import logging
 import os
 import random
 import re
-import sys
 import time
 
 import numpy as np
@@ -54,10 +53,9 @@ import numpy as np
 from rectools import cli
 from rectools.atomic import atomic_folder
 from rectools.errors import DataError, UserError
-from rectools.model_loader import import_model_package, model_module
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
+from datasets.ali_ccp import FIELDS
+
 log = logging.getLogger("preprocess")
 
 _FIELD = re.compile(r"[0-9]+(?:_[0-9]+)*")
@@ -69,8 +67,8 @@ PART = "part-00000.txt"
 
 
 def default_fields():
-    """Ali-CCP's 23 fields, as the model's config schema declares them."""
-    return list(model_module(import_model_package(MODEL_DIR), "config_schema", "preprocess").ALI_CCP_FIELDS)
+    """Ali-CCP's 23 fields (datasets.ali_ccp.FIELDS), in PaddleRec's order."""
+    return list(FIELDS)
 
 
 class Progress:

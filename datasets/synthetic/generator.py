@@ -74,8 +74,8 @@ from rectools.config import Key  # one way of declaring and checking a parameter
 from rectools.errors import ConfigError
 from rectools.metrics import auc  # the project's one exact AUC
 
-FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126",
-          "127", "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301"]
+from datasets.ali_ccp import FIELDS  # the lines are Ali-CCP's
+
 ABSENT_FIELDS = ("126",)
 USER_ATTRIBUTES = ("121", "122", "124", "125", "127", "128", "129")
 BEHAVIOUR_FIELDS = {"109_14": "category", "110_14": "shop", "127_14": "brand", "150_14": "item"}

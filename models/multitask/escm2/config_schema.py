@@ -2,9 +2,7 @@
 from rectools.config import REQUIRED, Key
 from rectools.errors import ConfigError
 
-# Ali-CCP's 23 sparse fields, in the order of PaddleRec's field_0 ... field_22.
-ALI_CCP_FIELDS = ["101", "109_14", "110_14", "127_14", "150_14", "121", "122", "124", "125", "126",
-                  "127", "128", "129", "205", "206", "207", "210", "216", "508", "509", "702", "853", "301"]
+from datasets.ali_ccp import FIELDS as ALI_CCP_FIELDS  # the data set's field order, PaddleRec's
 
 COUNTERFACT_MODES = ("ESMM", "NAIVE", "IPW", "DR")
 BACKBONES = ("mlp", "mmoe")
