@@ -101,13 +101,13 @@ class DygraphModel(ABC):
         name -> 1-D array is all it may assume."""
 
     def diagnose(self, record: Mapping) -> List[str]:
-        """Warning lines about an evaluated epoch, from its record (summarize_metrics' figures
-        among them); the evaluation logs each. None by default."""
+        """Warning lines about an epoch evaluated by tools/infer.py, from its record (summarize_metrics'
+        figures among them); infer logs each. None by default."""
         return []
 
     # Optional: recalibrate(predictions, parameters) -> {name: new array}. At each training epoch's
-    # end, before its checkpoint, the parameters to replace, given the trained model's predictions
-    # on (a sample of) the training data, as summarize_metrics receives them, and its parameters
+    # end, before its checkpoint, the parameters to replace, given the trained model's predictions on
+    # (at most runner.recalibration_samples of) the training data, as summarize_metrics receives them, and its parameters
     # (name -> array, as checkpoints hold them). None: nothing to recalibrate, no data read for it.
     recalibrate: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None
 

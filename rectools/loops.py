@@ -201,11 +201,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
-        if dev is None:
-            recalibrate(config, engine, dataset, batch_size, shard, gather)
-        else:  # held-out impressions, when there are some: the model has not fitted them
-            recalibrate(config, engine, dev, config["runner.infer_batch_size"], group.shard,
-                        group.gather(config["runner.infer_batch_size"]))
+        recalibrate(config, engine, dataset, batch_size, shard, gather)  # training data: the split stays unseen
         if group.size > 1:
             log.info("parameters identical on all %d processes (sha256 %s)", group.size,
                      group.check_parameters(engine.parameters())[:16])
@@ -232,18 +228,23 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
 
 def recalibrate(config, engine, dataset, batch_size, shard, gather):
     """The model's recalibration (contract recalibrate), when it has one: the trained model's
-    predictions on every k-th batch of this shard of `dataset` (the validation split if there is
-    one, else the training data; k so that at most runner.recalibration_samples are read in all),
-    gathered from every process so that each replaces the same parameters."""
+    predictions on every k-th batch of this shard of the training data (k so that at most
+    runner.recalibration_samples are read by all processes together; while the data's size is not
+    known, its first batches up to that number), gathered from every process so that each replaces
+    the same parameters."""
     if engine.contract.recalibrate is None:
         return
+    limit = max(1, config["runner.recalibration_samples"] // shard.count)  # this process's share
     expected = expected_samples(dataset, shard)
-    every = 1 if expected is None else max(1, math.ceil(expected / config["runner.recalibration_samples"]))
-    metrics = Accumulator()
+    every = 1 if expected is None else max(1, math.ceil(expected / limit))
+    metrics, read = Accumulator(), 0
     for number, batch in enumerate(epoch_batches(dataset, batch_size, shard)):
+        if read >= limit:
+            break
         if number % every == 0:
             engine.eval_step(batch, metrics)
             metrics.add(sample_id=batch["sample_id"])
+            read += rows(batch)
     predictions = metrics.arrays() if gather is None else gather(metrics.arrays())
     parameters = engine.parameters()
     changed = engine.contract.recalibrate(predictions, parameters)

@@ -176,6 +176,18 @@ def test_infer_warns_in_one_line_when_the_propensity_fails_the_check(tmp_path):
 dygraph_model = model_loader.model_module(package, "dygraph_model", "test")
 
 
+def test_the_logit_shift_is_found_however_far_off_pctr_is_and_never_beyond_its_bracket():
+    r = np.random.default_rng(6)
+    for scale in (0.02, 0.1, 10.0):
+        pctr = np.clip(r.beta(0.5, 10, 5000) * scale, 0, 1)
+        click = (r.uniform(size=pctr.size) < 0.05).astype(np.int8)
+        delta = dygraph_model.ctr_logit_shift(pctr, click)
+        q = 1 / (1 + np.exp(-(np.log(np.clip(pctr, 1e-7, 1 - 1e-7) / (1 - np.clip(pctr, 1e-7, 1 - 1e-7))) + delta)))
+        assert -30 < delta < 30 and q.sum() == pytest.approx(click.sum(), rel=1e-6)
+    assert dygraph_model.ctr_logit_shift(np.full(100, 0.2), np.zeros(100)) is None  # no click: no shift reaches 0
+    assert dygraph_model.ctr_logit_shift(np.full(100, 1e-7), np.ones(100)) is None
+
+
 def test_the_logit_shift_makes_mean_pctr_the_click_rate():
     r = np.random.default_rng(5)
     pctr = r.uniform(0.001, 0.4, 20_000).astype(np.float32)
@@ -192,7 +204,7 @@ def test_a_trained_checkpoint_s_mean_pctr_is_its_training_click_rate(tmp_path, t
     overrides = ["-o", f"runner.model_save_path={tmp_path}", "runner.epochs=1", f"runner.test_data_dir={MODEL_DIR}/data/train"]
     trained = run_tool(tool, "-m", config, *overrides, cwd=str(tmp_path))
     assert trained.returncode == 0, trained.stderr[-2000:]
-    assert "pCTR recalibrated on 50000 impressions" in trained.stdout + trained.stderr
+    assert "pCTR recalibrated on 50000 training impressions" in trained.stdout + trained.stderr
     assert run_tool("infer.py", "-m", config, *overrides, cwd=str(tmp_path)).returncode == 0
     with open(tmp_path / "infer_metrics.jsonl") as f:
         assert json.loads(f.readline())["calibration_ctr"] == pytest.approx(1.0, abs=2e-4)

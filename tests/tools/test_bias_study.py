@@ -1,5 +1,6 @@
 """The bias study, end to end on a tiny suite: behaviour, not figures."""
 import csv
+import itertools
 import json
 import os
 
@@ -42,13 +43,14 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
     assert strength["hidden"] > 1.5 > strength["rho0"]
     table = (tmp_path / "results.md").read_text().splitlines()
     assert table[0].startswith("| data set | selection strength | backbone | variant | CTR AUC | pCTR corr. true CTR")
-    rows = [line for line in table[2:] if line.startswith("| ")]
+    rows = list(itertools.takewhile(lambda line: line.startswith("| "), table[2:]))  # the first table
     assert len(rows) == 8
     assert all(len(row.split("|")) == len(table[0].split("|")) and " ± " in row for row in rows)
     assert rows[0].startswith("| rho0 | 1.") and rows[-1].startswith("| hidden | ")
     assert "| mmoe | DR-label |" in rows[-1]
     assert (tmp_path / "cvr_by_ctr_decile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result.stdout.count("| hidden | ") == 4  # the table is printed too
+    assert "| warned | " in result.stdout and "| not warned | " in result.stdout  # DR-label's warnings
 
 
 @pytest.mark.parametrize("override, message", [

@@ -244,16 +244,14 @@ def test_an_early_stop_names_the_checkpoints_an_earlier_run_left_beyond_it(tmp_p
 
 def test_validation_figures_are_infers_on_the_same_data_and_leave_training_alone(tmp_path, cache):
     """dev_data_dir = the test split: each epoch's dev_* figures are what infer gives for its
-    checkpoint, in both graph modes; and the training records are those of a run without a split
-    (pCTR's recalibration off: with a split it reads the split, not the training data)."""
+    checkpoint, in both graph modes; and the training records are those of a run without a split."""
     for tool, infer_tool in (("trainer.py", "infer.py"), ("static_trainer.py", "static_infer.py")):
         folder = tmp_path / tool.split(".")[0]
         folder.mkdir()
         plain = folder / "plain"
         plain.mkdir()
-        ok(train(tool, plain, "runner.epochs=2", "runner.calibrate_ctr=False", cache=cache))
-        ok(train(tool, folder, "runner.epochs=2", f"runner.dev_data_dir={TEST_DIR}", "runner.calibrate_ctr=False",
-                 cache=cache))
+        ok(train(tool, plain, "runner.epochs=2", cache=cache))
+        ok(train(tool, folder, "runner.epochs=2", f"runner.dev_data_dir={TEST_DIR}", cache=cache))
         ok(train(infer_tool, folder, "runner.epochs=2", cache=cache))
         found, evaluated = read_jsonl(folder / "out" / records.TRAIN), read_jsonl(folder / "out" / records.INFER)
         for r, e, p in zip(found, evaluated, read_jsonl(plain / "out" / records.TRAIN)):

@@ -60,11 +60,10 @@ KEYS = [
         "towards 1 (1: the paper's weights; 0: none)", minimum=0, maximum=1.0),
     Key("runner.calibrate_ctr", "bool", True,
         "at each epoch's end shift the CTR tower's output bias so that mean pCTR equals the click rate of the "
-        "validation split (runner.dev_data_dir / dev_fraction), else of the training impressions (at most "
-        "runner.recalibration_samples of them): intercept-only Platt scaling"),
+        "training impressions (at most runner.recalibration_samples of them): intercept-only Platt scaling"),
     Key("runner.balance_tolerance", "float", 0.2,
         "the balance check (infer): a decile of pCVR or pCTR whose 1/pCTR-weighted clicks per impression are "
-        "off 1 by more than this (and by more than 3 standard errors) fails it, with a warning", minimum=0),
+        "off 1 by more than this (and by more than 4 standard errors under a right propensity) fails it, with a warning", minimum=0),
     Key("hyper_parameters.ipw_normalization", "str", "self",
         "divisor of the inverse-propensity-weighted sums of IPW and DR: batch (the batch size, the paper) "
         "or self (the sum of the weights, SNIPS; a weighted sum over a batch without clicks is 0)", choices=("batch", "self")),

@@ -74,41 +74,56 @@ def summarize_metrics(predictions, config):
 
 
 def diagnose(record, config):
-    """The warning lines of an evaluated epoch's record: a failed balance check."""
+    """The warning lines of an evaluated epoch's record: a failed balance check, in the modes that
+    divide by the propensity (IPW, DR)."""
+    if config["runner.counterfact_mode"] not in ("IPW", "DR"):
+        return []
     line = balance.balance_warning(record, config["runner.balance_tolerance"])
     return [] if line is None else [line]
 
 
-def ctr_logit_shift(pctr, click, steps=50):
+def ctr_logit_shift(pctr, click, steps=100):
     """delta with sum_i sigmoid(logit(pCTR_i) + delta) = sum_i click_i: the intercept of Platt scaling
-    with its slope held at 1 (Platt 1999), by Newton's method on the monotone sum. pctr float [n]
-    (clipped to [1e-7, 1 - 1e-7]), click 0/1 [n] with at least one click and one non-click."""
+    with its slope held at 1 (Platt 1999). The sum rises monotonically with delta, so bisection in
+    [-30, 30] finds it whatever pCTR's scale (Newton's steps overshoot when pCTR is far off). pctr
+    float [n] (clipped to [1e-7, 1 - 1e-7]), click 0/1 [n]. Returns None when no delta in the bracket
+    reaches the click rate (all clicks or none, or pCTR off by more than a factor e^30)."""
     p = np.clip(np.asarray(pctr, dtype=np.float64), 1e-7, 1 - 1e-7)
-    logit, target, delta = np.log(p / (1 - p)), float(np.count_nonzero(click)), 0.0
+    logit, target = np.log(p / (1 - p)), float(np.count_nonzero(click))
+
+    def excess(delta):
+        return float((1.0 / (1.0 + np.exp(-(logit + delta)))).sum()) - target
+
+    low, high = -30.0, 30.0
+    if not excess(low) < 0 < excess(high):
+        return None
     for _ in range(steps):
-        q = 1.0 / (1.0 + np.exp(-(logit + delta)))
-        gap = q.sum() - target
-        delta -= gap / max(float((q * (1 - q)).sum()), 1e-12)
-        if abs(gap) < 1e-9 * target:
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if excess(middle) < 0 else (low, middle)
+        if high - low < 1e-9:
             break
-    return delta
+    return 0.5 * (low + high)
 
 
 def recalibrate_ctr(predictions, parameters):
     """runner.calibrate_ctr: the CTR tower's output bias [1] shifted by ctr_logit_shift over the
-    given impressions (the validation split's, else the training data's), so that the checkpoint's
-    mean pCTR equals their click rate (the last
-    step of Adam leaves pCTR off the running average's calibration by up to ~10% either way). pCVR
-    is untouched. Returns {name: new bias}, or {} without both classes of click."""
+    given training impressions, so that the checkpoint's mean pCTR equals their click rate (Adam's
+    last steps leave pCTR off the running average's calibration by up to ~10% either way). pCVR is
+    untouched. Returns {name: new bias}, or {} (with a warning) when no shift reaches the click rate.
+    Raises ValueError when the parameters hold no CTR tower bias (towers.0.*.bias)."""
     pctr, click = predictions["pctr"], predictions["click"]
+    names = [k for k in parameters if k.startswith("towers.0.") and k.endswith(".bias")]
+    if not names:
+        raise ValueError("no CTR tower output bias (towers.0.*.bias) among the parameters")
     clicks = int(np.count_nonzero(click))
-    if not 0 < clicks < len(click):
-        return {}
     delta = ctr_logit_shift(pctr, click)
-    name = [k for k in parameters if k.startswith("towers.0.") and k.endswith(".bias")][-1]
-    log.info("pCTR recalibrated on %d impressions: mean pCTR / clicks %.3f -> 1 (CTR logit %+.4f)",
+    if delta is None:
+        log.warning("pCTR not recalibrated: no shift of its logit within +-30 makes mean pCTR the click rate "
+                    "of these %d impressions (%d clicks)", len(click), clicks)
+        return {}
+    log.info("pCTR recalibrated on %d training impressions: mean pCTR / clicks %.3f -> 1 (CTR logit %+.4f)",
              len(click), float(np.sum(pctr, dtype=np.float64)) / clicks, delta)
-    return {name: (parameters[name] + delta).astype(parameters[name].dtype)}
+    return {names[-1]: (parameters[names[-1]] + delta).astype(parameters[names[-1]].dtype)}
 
 
 def create_optimizer(parameters, config):
