@@ -131,6 +131,12 @@ def test_the_check_matches_numpy():
         np.testing.assert_allclose(report[f"balance_{name}"], ratios[name], atol=6e-5)
     assert report["balance_failed"] == failed and report["balance_worst"] == pytest.approx(worst, abs=1e-6)
     assert report["ipw_ess_share"] == pytest.approx(ess) and report["ipw_max_weight_share"] == pytest.approx(largest)
+    # with shrunk weights (propensity_power) the companions describe the weights applied, the check stays
+    shrunk = balance.balance_report({"pctr": pctr, "pcvr": pcvr, "click": click}, 0.01, 0.05, propensity_power=0.5)
+    w = np.where(click == 1, np.maximum(pctr, 0.01) ** -0.5, 0.0)
+    assert shrunk["ipw_ess_share"] == pytest.approx(w.sum() ** 2 / np.sum(w ** 2) / click.sum(), rel=1e-6)
+    assert shrunk["ipw_max_weight_share"] == pytest.approx(w.max() / w.sum(), rel=1e-6)
+    assert shrunk["balance_pcvr"] == report["balance_pcvr"] and shrunk["balance_failed"] == report["balance_failed"]
 
 
 def test_a_correct_propensity_passes_and_one_blind_to_the_selection_warns():

@@ -43,7 +43,7 @@ def decile_edges(columns, name, bins=BINS):
     return np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
 
 
-def balance_report(predictions, propensity_floor, tolerance, bins=BINS):
+def balance_report(predictions, propensity_floor, tolerance, bins=BINS, propensity_power=1.0):
     """The balance check of pCTR as the propensity, per decile of pCVR and of pCTR.
 
     predictions: a Columns or a mapping of 1-D arrays [n] with `pctr`, `pcvr` (float) and `click`
@@ -51,8 +51,8 @@ def balance_report(predictions, propensity_floor, tolerance, bins=BINS):
     Returns a dict: balance_pcvr and balance_pctr, lists [bins] of balance_b (NaN for an empty
     decile); balance_worst, the largest |balance_b - 1| among failing deciles of either score
     (0.0 when none fails); balance_failed, the number of failing deciles; ipw_ess_share and
-    ipw_max_weight_share (NaN without clicks). Deciles are of the scores' values; ties at an
-    edge go to the upper decile.
+    ipw_max_weight_share of the weights the CVR risks apply, 1 / propensity^propensity_power
+    (NaN without clicks). Deciles are of the scores' values; ties at an edge go to the upper decile.
     """
     columns = Columns.of(predictions)
     edges = {name: decile_edges(columns, name, bins) for name in ("pcvr", "pctr")}
@@ -68,9 +68,10 @@ def balance_report(predictions, propensity_floor, tolerance, bins=BINS):
             decile = np.searchsorted(edges[name], score, side="right")
             for row, values in enumerate((None, weight, variance)):
                 sums[name][row] += np.bincount(decile, weights=values, minlength=bins)
-        total_w += float(weight.sum())
-        total_w2 += float(np.square(weight).sum())
-        max_w = max(max_w, float(weight.max(initial=0.0)))
+        applied = weight if propensity_power == 1.0 else np.where(clicked, propensity ** -propensity_power, 0.0)
+        total_w += float(applied.sum())
+        total_w2 += float(np.square(applied).sum())
+        max_w = max(max_w, float(applied.max(initial=0.0)))
         clicks += int(np.count_nonzero(clicked))
     report, worst, failed = {}, 0.0, 0
     for name, (count, weighted, variance) in sums.items():

@@ -70,7 +70,8 @@ def summarize_metrics(predictions, config):
     and the balance check of pCTR as the propensity (balance.balance_report)."""
     return {**ctr_cvr_report(predictions),
             **balance.balance_report(predictions, config["hyper_parameters.propensity_floor"],
-                                     config["runner.balance_tolerance"])}
+                                     config["runner.balance_tolerance"],
+                                     propensity_power=config["hyper_parameters.propensity_power"])}
 
 
 def diagnose(record, config):
