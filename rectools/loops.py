@@ -124,14 +124,12 @@ def _prepare(config, package, mode, group, shard, gather, train, dataset=None):
     """(dataset, engine, batch size, shard, gather) of a training or evaluation run: the data of
     train_data_dir or test_data_dir (unless `dataset` is given), the engine of `mode`, and the
     seams defaulting to `group`'s."""
-    if train:
-        if dataset is None:
-            dataset = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
-        batch_size = config["runner.train_batch_size"]
-    else:
-        if dataset is None:
-            dataset = reader(config, package, "runner.test_data_dir", "runner.infer_reader_path")
-        batch_size = config["runner.infer_batch_size"]
+    data_key, reader_key, size_key = (("runner.train_data_dir", "runner.train_reader_path", "runner.train_batch_size")
+                                      if train else
+                                      ("runner.test_data_dir", "runner.infer_reader_path", "runner.infer_batch_size"))
+    if dataset is None:
+        dataset = reader(config, package, data_key, reader_key)
+    batch_size = config[size_key]
     engine = ENGINES[mode](config, package, train=train)
     group.check_data(dataset.file_list)
     return (dataset, engine, batch_size, group.shard if shard is None else shard,

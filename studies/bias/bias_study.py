@@ -33,7 +33,7 @@ from rectools.errors import ConfigError
 from rectools.metrics import auc, logloss
 
 from datasets.synthetic import generator as synthetic
-from studies.bias.escm2 import BACKBONES, ctr_cvr_report
+from studies.bias.escm2 import BACKBONES, PROPENSITY_MODES, ctr_cvr_report
 
 log = logging.getLogger("rectools")
 
@@ -299,7 +299,7 @@ def run(suite):
     for name, extra in suite["suite.data_sets"]:
         folder = make_data(suite, name, extra)
         variants = [*suite["suite.variants"], *(v + ORACLE for v in suite["suite.variants"]
-                                                 if suite["suite.oracle"] and VARIANTS[v][0] in ("IPW", "DR"))]
+                                                 if suite["suite.oracle"] and VARIANTS[v][0] in PROPENSITY_MODES)]
         for backbone, variant, seed in itertools.product(suite["suite.backbones"], variants, suite["suite.seeds"]):
             mode, pinned = VARIANTS[variant.removesuffix(ORACLE)]
             overrides = (suite["suite.overrides"] + pinned

@@ -8,5 +8,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODEL_DIR = os.path.join(REPO, "models", "multitask", "escm2")
 
 _package = import_model_package(MODEL_DIR)
-BACKBONES = model_module(_package, "config_schema", "runner.model_dir").BACKBONES
+_schema = model_module(_package, "config_schema", "runner.model_dir")
+BACKBONES, PROPENSITY_MODES = _schema.BACKBONES, _schema.PROPENSITY_MODES
 ctr_cvr_report = model_module(_package, "metrics", "runner.model_dir").ctr_cvr_report  # the protocol the tools report

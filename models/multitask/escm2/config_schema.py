@@ -5,6 +5,7 @@ from rectools.errors import ConfigError
 from datasets.ali_ccp import FIELDS as ALI_CCP_FIELDS  # the data set's field order, PaddleRec's
 
 COUNTERFACT_MODES = ("ESMM", "NAIVE", "IPW", "DR")
+PROPENSITY_MODES = ("IPW", "DR")  # the modes whose CVR risk divides by the propensity
 BACKBONES = ("mlp", "mmoe")
 INTERACTIONS = ("none", "fm")
 

@@ -8,6 +8,7 @@ import paddle
 from rectools.contract import DygraphModel as DygraphContract
 
 from . import balance, losses, net
+from .config_schema import PROPENSITY_MODES
 from .metrics import ctr_cvr_report
 
 log = logging.getLogger("rectools")
@@ -77,7 +78,7 @@ def summarize_metrics(predictions, config):
 def diagnose(record, config):
     """The warning lines of an evaluated epoch's record: a failed balance check, in the modes that
     divide by the propensity (IPW, DR)."""
-    if config["runner.counterfact_mode"] not in ("IPW", "DR"):
+    if config["runner.counterfact_mode"] not in PROPENSITY_MODES:
         return []
     line = balance.balance_warning(record, config["runner.balance_tolerance"])
     return [] if line is None else [line]
