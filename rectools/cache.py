@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zlib
@@ -39,6 +40,7 @@ from .errors import UserError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+_ENTRY = re.compile(r".+\.[0-9a-f]{16}")  # ArrayCache.entry's names: the source's name and a key's hash
 CACHE_VERSION = 2
 CHECK_ROWS = 8192  # rows of an array under one CRC-32: a damaged block is found before any of its rows is used
 SAMPLES, SAMPLE_BYTES = 16, 4096  # the source's fingerprint: this many blocks of this many bytes
@@ -326,7 +328,9 @@ class ArrayCache:
 def entries(folder):
     """The entries in cache folder `folder` (temporaries excluded), as dicts: path, source (the
     absolute path it was parsed from; None when its manifest is unreadable), bytes, last_used
-    (Unix seconds: when it was last read or written). An unreadable folder has none."""
+    (Unix seconds: when it was last read or written). An entry is a folder named as ArrayCache.entry
+    names them that holds a manifest: anything else in the folder is not the cache's, and neither
+    listed nor ever removed. An unreadable folder has none."""
     try:  # an entry's name starts with its source's (a dot too); atomic_folder's temporaries end .new/.old
         names = sorted(n for n in os.listdir(folder) if _TEMP.fullmatch(n) is None)
     except OSError:
@@ -334,7 +338,7 @@ def entries(folder):
     found = []
     for name in names:
         path = os.path.join(folder, name)
-        if not os.path.isdir(path):
+        if not (_ENTRY.fullmatch(name) and os.path.isdir(path) and os.path.isfile(os.path.join(path, MANIFEST))):
             continue
         try:
             with open(os.path.join(path, MANIFEST)) as f:

@@ -101,6 +101,21 @@ def test_tools_cache_lists_and_clears_the_folder_a_config_names(tmp_path):
     assert listed.stdout == f"cache {tmp_path / 'cache'}: 0 entries, 0.0 MB\n"
 
 
+def test_what_is_not_a_cache_entry_is_neither_listed_nor_cleared_nor_evicted(tmp_path):
+    folder = tmp_path / "shared"
+    write_lines(str(folder / "src" / "a.py"), ["print(1)"])
+    write_lines(str(folder / "notes.txt"), ["keep"])
+    write_lines(str(folder / "big" / "blob.bin"), ["x" * 100_000])
+    write_lines(str(folder / "part-0.txt.0123456789abcdef" / "ids.bin"), ["no manifest: not an entry"])
+    assert cache.entries(folder) == []
+    files = [write_lines(str(tmp_path / "data" / f"{name}.txt"), lines(40)) for name in "ab"]
+    read_all(dataset(files, folder, "runner.cache_max_gb=1e-9"))  # a limit below any entry: evicts what it may
+    cleared = run_tool("cache.py", "clear", "--dir", str(folder), cwd=str(tmp_path))
+    assert cleared.returncode == 0, cleared.stderr
+    assert sorted(os.listdir(folder)) == ["big", "notes.txt", "part-0.txt.0123456789abcdef", "src"]
+    assert (folder / "src" / "a.py").read_text() == "print(1)\n"
+
+
 def test_tools_cache_with_caching_off_or_a_bad_config_is_one_line(tmp_path):
     off = run_tool("cache.py", "list", "-m", CONFIG, "-o", "runner.cache_dir=none", cwd=str(tmp_path))
     assert (off.returncode, off.stdout) == (0, "caching is off (runner.cache_dir is none): nothing to list or clear\n")
