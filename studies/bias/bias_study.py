@@ -223,10 +223,17 @@ def truth_file(data, split):
     return read_truth(os.path.join(folder, next(n for n in os.listdir(folder) if n.startswith(split))))
 
 
-def predictions_of(config, package, mode, data_dir, truth):
-    """The trained model's predictions on the impressions of `data_dir`, checked against `truth`'s order."""
+def predictions_of(config, package, mode, data_dir, truth, quiet=False):
+    """The trained model's predictions on the impressions of `data_dir`, checked against `truth`'s order.
+    `quiet`: infer's warnings (the balance check's) not logged, for a split the results do not report."""
     config["runner.test_data_dir"] = data_dir
-    ((record, predictions),) = loops.infer(config, package, mode, keep_predictions=True)
+    logger = logging.getLogger("rectools")
+    level = logger.level
+    logger.setLevel(logging.ERROR if quiet else level)
+    try:
+        ((record, predictions),) = loops.infer(config, package, mode, keep_predictions=True)
+    finally:
+        logger.setLevel(level)
     if not np.array_equal(predictions["sample_id"], truth["sample_id"].astype(np.int64)):
         raise RuntimeError(f"predictions on {data_dir} and its truth are not aligned")
     return record, predictions
@@ -255,7 +262,7 @@ def run_one(job):
         dataset = OracleReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
                                train_truth)
     loops.train(config, package, job["mode_graph"], dataset=dataset)
-    _, on_train = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth)
+    _, on_train = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
     train_ieb = float(on_train["pcvr"].mean() - train_truth["true_cvr"].mean())
     train_pctr = float(on_train["pctr"].mean() / train_truth["true_ctr"].mean())
     del on_train
