@@ -26,7 +26,7 @@ import numpy as np
 
 import paddle
 
-from rectools import atomic, checkpoint, engines, loops, model_loader
+from rectools import atomic, checkpoint, early_stopping, engines, loops, model_loader
 from rectools.config import REQUIRED, Key, load_config
 from rectools.data import epoch_batches, reader
 from rectools.errors import ConfigError
@@ -47,6 +47,10 @@ VARIANTS = {
     "NAIVE": ("NAIVE", [f"{_HP}global_w=0", f"{_HP}counterfactual_w=1"]),
     "IPW": ("IPW", [f"{_HP}ipw_normalization=batch", f"{_HP}propensity_power=1", LAMBDA_C]),
     "SNIPS": ("IPW", [f"{_HP}ipw_normalization=self", f"{_HP}propensity_power=1", LAMBDA_C]),  # self-normalised IPW
+    # the counterfactual risk alone, without the global (CTCVR) risk, whose gradient pulls pCVR towards the
+    # clicked impressions' calibration: with the oracle arm, the estimator's own bias
+    "SNIPS-no-CTCVR": ("IPW", [f"{_HP}ipw_normalization=self", f"{_HP}propensity_power=1", LAMBDA_C,
+                               f"{_HP}global_w=0"]),
     "SNIPS-shrunk": ("IPW", [f"{_HP}ipw_normalization=self", f"{_HP}propensity_power=0.5", LAMBDA_C]),  # weights 1/sqrt(o_hat)
     "DR-error": ("DR", [f"{_HP}dr_imputation=error", f"{_HP}imputation_weight=dr_jl",
                         f"{_HP}ipw_normalization=batch", f"{_HP}propensity_power=1", LAMBDA_C]),  # ESCM2's DR read literally
@@ -75,6 +79,10 @@ SUITE_KEYS = [
     Key("suite.oracle", "bool", False,
         "also run each IPW / DR variant with the generator's true CTR as its propensity (VARIANT+oracle): "
         "the estimator's bias with a perfect propensity"),
+    Key("suite.crossfit", "bool", False,
+        "also run each IPW / DR variant with cross-fitted propensities (VARIANT+crossfit): each training impression's "
+        "pCTR from an ESMM model of the same config and seed trained on the other half of the training impressions "
+        "(halves by a hash of sample_id), so that no weight comes from a tower that has fitted its impression"),
     Key("suite.seeds", "int_list", [1, 2, 3], "training seeds of each variant"),
     Key("suite.data_sets", "str_list", DEFAULT_DATA_SETS,
         "one data set per entry 'NAME: generate.py arguments' (after data.*, which they may override); "
@@ -97,15 +105,18 @@ HEADERS = {"auc_ctr": "CTR AUC", "pctr_corr": "pCTR corr. true CTR", "pctr_calib
            "train_ieb_rel": "IEB rel. (train)", "balance_worst": "balance: worst decile",
            "logloss_true_cvr": "pCVR log-loss vs true"}
 ORACLE = "+oracle"  # suffix of a variant run with the true CTR as its propensity
+CROSSFIT = "+crossfit"  # suffix of a variant run with cross-fitted propensities
+ARMS = (ORACLE, CROSSFIT)
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def load_suite(path, overrides=()):
     suite = load_config(path, overrides, SUITE_KEYS)
     suite["suite.data_sets"] = data_sets(suite)
-    if suite["suite.oracle"] and suite["suite.graph_mode"] == "static":
-        raise ConfigError(f"{suite.path}: suite.oracle trains with a propensity each batch brings, which the "
-                          "static program does not feed: run the oracle arm with suite.graph_mode=dygraph")
+    for arm in ("suite.oracle", "suite.crossfit"):
+        if suite[arm] and suite["suite.graph_mode"] == "static":
+            raise ConfigError(f"{suite.path}: {arm} trains with a propensity each batch brings, which the static "
+                              "program does not feed: run it with suite.graph_mode=dygraph")
     if suite["suite.default_variant"] not in suite["suite.variants"]:
         raise ConfigError(f"{suite.path}: suite.default_variant {suite['suite.default_variant']!r} is not among "
                           f"suite.variants ({', '.join(suite['suite.variants'])})")
@@ -184,34 +195,36 @@ def truth_metrics(pctr, pcvr, click, buy, truth):
 
 
 def decile_curve(true_ctr, values):
-    """Mean of `values` within each decile of the true CTR."""
-    edges = np.quantile(true_ctr, np.linspace(0, 1, 11)[1:-1])
-    bins = np.searchsorted(edges, true_ctr, side="right")
-    return [float(values[bins == b].mean()) for b in range(10)]
+    """Mean of `values` within each tenth of the impressions ranked by true CTR (ties in rank order,
+    so a CTR of a few distinct levels, as lowrank's, still fills every tenth)."""
+    tenth = np.empty(len(true_ctr), dtype=np.int64)
+    tenth[np.argsort(true_ctr, kind="stable")] = np.arange(len(true_ctr)) * 10 // len(true_ctr)
+    return [float(values[tenth == b].mean()) for b in range(10)]
 
 
-class OracleReader:
-    """A reader whose batches also carry `propensity`: the generator's true CTR of each impression
-    (float32 [n], looked up by sample_id in a truth file's columns), which the CVR risks then divide
-    by instead of pCTR (the oracle arm). Otherwise the wrapped reader as it is."""
+class PropensityReader:
+    """A reader whose batches also carry `propensity`: a given propensity of each impression (float32,
+    looked up by sample_id in `sample_id` [n] and `propensity` [n]), which the CVR risks then divide by
+    instead of pCTR: the true CTR for the oracle arm, cross-fitted pCTRs for the crossfit arm. `source`
+    names where the propensities come from. Otherwise the wrapped reader as it is."""
 
-    def __init__(self, dataset, truth):
-        self.dataset, self.file_list = dataset, dataset.file_list
-        ids = truth["sample_id"].astype(np.int64)
-        self.true_ctr = np.full(int(ids.max()) + 1, np.nan, dtype=np.float32)  # NaN: no truth for that id
-        self.true_ctr[ids] = truth["true_ctr"]
+    def __init__(self, dataset, sample_id, propensity, source):
+        self.dataset, self.file_list, self.source = dataset, dataset.file_list, source
+        ids = np.asarray(sample_id, dtype=np.int64)
+        self.by_id = np.full(int(ids.max()) + 1, np.nan, dtype=np.float32)  # NaN: no propensity for that id
+        self.by_id[ids] = propensity
 
     def chunks(self):
         """The wrapped reader's chunks with `propensity`. Raises RuntimeError naming the first sample
-        id that the truth does not hold (the data and its truth file do not belong together)."""
+        id that has no propensity (the data and the propensities do not belong together)."""
         for chunk in self.dataset.chunks():
             ids = chunk["sample_id"]
-            known = (ids >= 0) & (ids < len(self.true_ctr))
+            known = (ids >= 0) & (ids < len(self.by_id))
             propensity = np.full(len(ids), np.nan, dtype=np.float32)
-            propensity[known] = self.true_ctr[ids[known]]
+            propensity[known] = self.by_id[ids[known]]
             if np.isnan(propensity).any():
-                raise RuntimeError(f"sample_id {ids[np.isnan(propensity)][0]} of {self.file_list} has no true CTR "
-                                   "in the truth file")
+                raise RuntimeError(f"sample_id {ids[np.isnan(propensity)][0]} of {self.file_list} has no propensity "
+                                   f"in {self.source}")
             yield {**chunk, "propensity": propensity}
 
     def __getattr__(self, name):  # layout() and the rest of the contract: the wrapped reader's
@@ -253,15 +266,17 @@ def run_one(job):
                  f"runner.seed={job['seed']}", f"runner.model_save_path={job['run_dir']}",
                  "runner.use_inference=False"]
     config, package = model_loader.load(job["model_config"], overrides)
-    config["runner.infer_start_epoch"] = config["runner.epochs"] - 1  # the trained model only
-    config["runner.infer_end_epoch"] = config["runner.epochs"]
     start = time.perf_counter()
     train_truth, truth = truth_file(data, "train"), truth_file(data, "test")
     dataset = None
-    if job["variant"].endswith(ORACLE):
-        dataset = OracleReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
-                               train_truth)
+    if job["variant"].endswith(ARMS):
+        propensity, source = ((train_truth["true_ctr"], "the truth file") if job["variant"].endswith(ORACLE) else
+                              (crossfit_propensity(job, overrides, data, train_truth), "the cross-fitted pCTRs"))
+        dataset = PropensityReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
+                                   train_truth["sample_id"], propensity, source)
     loops.train(config, package, job["mode_graph"], dataset=dataset)
+    epoch = trained_epoch(config, job["run_dir"])
+    config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = epoch, epoch + 1
     _, on_train = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
     train_ieb = float(on_train["pcvr"].mean() - train_truth["true_cvr"].mean())
     train_pctr = float(on_train["pctr"].mean() / train_truth["true_ctr"].mean())
@@ -270,22 +285,50 @@ def run_one(job):
     result = {k: job[k] for k in ("data_set", "variant", "mode", "backbone", "seed")}
     result.update(truth_metrics(predictions["pctr"], predictions["pcvr"], predictions["click"], predictions["buy"],
                                 truth))
-    result.update(train_ieb=train_ieb, train_ieb_rel=train_ieb / float(train_truth["true_cvr"].mean()),
+    result.update(epoch=epoch, train_ieb=train_ieb, train_ieb_rel=train_ieb / float(train_truth["true_cvr"].mean()),
                   train_pctr_calibration=train_pctr,
                   **{k: record[k] for k in record if k.startswith(("balance_", "ipw_"))})
     result["pcvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], predictions["pcvr"])
     result["true_cvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], truth["true_cvr"])
     if job["backbone"] == "mmoe":
-        result["gate_entropy"] = gate_entropies(config, package, job["run_dir"])
+        result["gate_entropy"] = gate_entropies(config, package, job["run_dir"], epoch)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
 
 
-def gate_entropies(config, package, run_dir):
+def crossfit_propensity(job, overrides, data, train_truth):
+    """Cross-fitted propensities of the training impressions (float64 [n], in train_truth's order): for
+    each half of them (by early_stopping.held_out's hash of sample_id at 0.5), pCTR of an ESMM model of
+    the run's config and seed trained on the other half, judged at its best or last epoch as the run is.
+    The two models go to <run_dir>/crossfit-<half>/."""
+    held = early_stopping.held_out(train_truth["sample_id"].astype(np.int64), 0.5)
+    propensity = np.full(len(held), np.nan)
+    for half in (False, True):
+        run_dir = os.path.join(job["run_dir"], f"crossfit-{int(half)}")
+        config, package = model_loader.load(job["model_config"], [*overrides, "runner.counterfact_mode=ESMM",
+                                                                   f"runner.model_save_path={run_dir}"])
+        trains_on = early_stopping.HeldOut(reader(config, package, "runner.train_data_dir",
+                                                  "runner.train_reader_path"), 0.5, half)
+        loops.train(config, package, job["mode_graph"], dataset=trains_on)
+        epoch = trained_epoch(config, run_dir)
+        config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = epoch, epoch + 1
+        _, predicted = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
+        propensity[held != half] = predicted["pctr"][held != half]
+    return propensity
+
+
+def trained_epoch(config, run_dir):
+    """The epoch a run is judged by: the best one on the validation split where the run has one
+    (runner.dev_fraction or dev_data_dir: best.json), as export and predict choose; else the last."""
+    best = early_stopping.read_best(run_dir)
+    return best["epoch"] if best is not None else config["runner.epochs"] - 1
+
+
+def gate_entropies(config, package, run_dir, epoch):
     """Per tower of the trained MMoE (CTR, CVR[, imputation]), the mean entropy in nats of its gate's
     weights over the test impressions: ln(expert_num) for a uniform gate, 0 for a gate collapsed onto
     one expert."""
-    folder = checkpoint.epoch_folder(run_dir, config["runner.epochs"] - 1, "runner.model_save_path")
+    folder = checkpoint.epoch_folder(run_dir, epoch, "runner.model_save_path")
     params = checkpoint.load_arrays(os.path.join(folder, checkpoint.PARAMS), "runner.model_save_path")
     totals, rows = None, 0
     with engines.dygraph_mode(), paddle.no_grad():
@@ -305,16 +348,24 @@ def run(suite):
     jobs = []
     for name, extra in suite["suite.data_sets"]:
         folder = make_data(suite, name, extra)
-        variants = [*suite["suite.variants"], *(v + ORACLE for v in suite["suite.variants"]
-                                                 if suite["suite.oracle"] and VARIANTS[v][0] in PROPENSITY_MODES)]
+        variants = [*suite["suite.variants"], *(v + arm for arm, key in ((ORACLE, "suite.oracle"),
+                                                                          (CROSSFIT, "suite.crossfit"))
+                                                 for v in suite["suite.variants"]
+                                                 if suite[key] and VARIANTS[v][0] in PROPENSITY_MODES)]
         for backbone, variant, seed in itertools.product(suite["suite.backbones"], variants, suite["suite.seeds"]):
-            mode, pinned = VARIANTS[variant.removesuffix(ORACLE)]
-            overrides = (suite["suite.overrides"] + pinned
-                         + suite.get(f"suite.variant_overrides.{variant.removesuffix(ORACLE)}", []))
+            base = variant.removesuffix(ORACLE).removesuffix(CROSSFIT)
+            mode, pinned = VARIANTS[base]
+            overrides = suite["suite.overrides"] + pinned + suite.get(f"suite.variant_overrides.{base}", [])
             run_dir = os.path.join(out, "runs", name, f"{backbone}-{variant}-seed{seed}")
             jobs.append({"data_set": name, "variant": variant, "mode": mode, "backbone": backbone, "seed": seed,
                          "data": folder, "model_config": suite["suite.model_config"], "overrides": overrides,
                          "run_dir": run_dir, "mode_graph": suite["suite.graph_mode"]})
+    for overrides in dict.fromkeys(tuple(j["overrides"]) for j in jobs if j["variant"].endswith(CROSSFIT)):
+        # the halves and runner.dev_fraction's split are cut by the same hash: one half would hold all the split
+        if model_loader.load(suite["suite.model_config"], list(overrides))[0]["runner.dev_fraction"]:
+            raise ConfigError(f"{suite.path}: suite.crossfit cuts the training impressions in halves by the hash "
+                              "runner.dev_fraction cuts its validation split by: give the runs a validation split "
+                              "with runner.dev_data_dir instead")
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
     with atomic.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
@@ -386,7 +437,8 @@ def markdown(results, suite):
             "IEB = mean pCVR - mean true CVR over all test impressions (relative: / mean true CVR). "
             "IEB rel. (train): the same over the training impressions (the fit, without generalisation). "
             f"{ORACLE}: the variant with the generator's true CTR as its propensity (pCTR is still learnt and "
-            "reported). Balance: the worst failing decile's |weighted clicks per impression - 1| of the balance "
+            f"reported). {CROSSFIT}: with cross-fitted propensities (pCTR of an ESMM model trained on the other half "
+            "of the training impressions). Balance: the worst failing decile's |weighted clicks per impression - 1| of the balance "
             "check on the test impressions (0: it passes). "
             "Gate entropy: mean over test impressions of the MMoE gate's entropy in nats (uniform over the "
             "experts: ln(expert_num); collapsed onto one expert: 0).\n")
@@ -394,21 +446,44 @@ def markdown(results, suite):
 
 
 def warning_table(results, variant):
-    """How well the balance check's warning on `variant`'s runs foretells that variant's |IEB| exceeding
-    ESMM's (same data set, backbone and seed): a confusion table in markdown ('' without both)."""
-    esmm = {(r["data_set"], r["backbone"], r["seed"]): abs(r["ieb"]) for r in results if r["variant"] == "ESMM"}
-    counts = {(w, b): 0 for w in (True, False) for b in (True, False)}
+    """How well the balance check's warning on `variant`'s runs foretells, against the runs of the same
+    data set, backbone and seed: (a) |IEB| above ESMM's; (b), where the suite has the oracle arm, the
+    learned propensity adding bias (what the warning claims to detect): IEB off the oracle arm's by
+    more than twice the oracle arm's std over seeds. Confusion tables in markdown and per data set how
+    many runs were warned ('' without runs to compare)."""
+    def by_seed(name):
+        return {(r["data_set"], r["backbone"], r["seed"]): r["ieb"] for r in results if r["variant"] == name}
+    esmm, oracle = by_seed("ESMM"), by_seed(variant + ORACLE)
+    noise = {}
+    for (data_set, backbone, _), ieb in oracle.items():
+        noise.setdefault((data_set, backbone), []).append(ieb)
+    noise = {k: 2 * float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in noise.items()}
+    tests = {"more biased than ESMM": lambda r, key: abs(r["ieb"]) > abs(esmm[key]) if key in esmm else None,
+             f"IEB off {variant}{ORACLE}'s by > 2 std": lambda r, key: abs(r["ieb"] - oracle[key]) > noise[key[:2]]
+             if key in oracle else None}
+    counts, warned = {}, {}
     for r in results:
-        key = (r["data_set"], r["backbone"], r["seed"])
-        if r["variant"] == variant and key in esmm and "balance_failed" in r:
-            counts[(r["balance_failed"] > 0, abs(r["ieb"]) > esmm[key])] += 1
-    if not sum(counts.values()):
+        if r["variant"] != variant or "balance_failed" not in r:
+            continue
+        key, fired = (r["data_set"], r["backbone"], r["seed"]), r["balance_failed"] > 0
+        for name, test in tests.items():
+            outcome = test(r, key)
+            if outcome is not None:
+                counts[(name, fired, outcome)] = counts.get((name, fired, outcome), 0) + 1
+        seen = warned.setdefault(r["data_set"], [0, 0])
+        seen[0], seen[1] = seen[0] + fired, seen[1] + 1
+    names = [name for name in tests if any(k[0] == name for k in counts)]
+    if not names:
         return ""
-    return (f"\nThe balance warning on {variant}'s runs against {variant} being more biased than ESMM (|IEB| above "
-            "ESMM's of the same data set, backbone and seed), in runs:\n\n"
-            f"| | {variant} worse than ESMM | {variant} not worse |\n| --- | --- | --- |\n"
-            f"| warned | {counts[(True, True)]} | {counts[(True, False)]} |\n"
-            f"| not warned | {counts[(False, True)]} | {counts[(False, False)]} |\n")
+    lines = [f"\nThe balance warning on {variant}'s runs against what it should foretell, each run against the run of "
+             "the same data set, backbone and seed, in runs:\n",
+             "| | " + " | ".join(f"{name} | not" for name in names) + " |", "| --- |" + " --- |" * (2 * len(names))]
+    for label, fired in (("warned", True), ("not warned", False)):
+        lines.append(f"| {label} | " + " | ".join(f"{counts.get((name, fired, True), 0)} | "
+                                                  f"{counts.get((name, fired, False), 0)}" for name in names) + " |")
+    lines.append("\nWarned, per data set: " + "; ".join(f"{name} {n} of {total}"
+                                                         for name, (n, total) in warned.items()) + ".\n")
+    return "\n".join(lines)
 
 
 def figure(results, path):

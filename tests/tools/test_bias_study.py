@@ -55,7 +55,7 @@ def test_the_smoke_suite_writes_results_table_and_figure(tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ("suite.seed=[1]", "unknown key suite.seed; did you mean suite.seeds?"),
-    ("suite.variants=[ESMM, DRR]", "suite.variants must be one of ESMM, NAIVE, IPW, SNIPS, SNIPS-shrunk, DR-error"),
+    ("suite.variants=[ESMM, DRR]", "suite.variants must be one of ESMM, NAIVE, IPW, SNIPS, SNIPS-no-CTCVR, SNIPS-shrunk"),
     ("suite.data_sets=['--selection-bias 0.3']", "must be 'NAME: generate.py arguments'"),
     ("suite.data_sets=['a: --selection-bias 0', 'a: --selection-bias 0.3']", "names 'a' twice"),
 ])
@@ -80,13 +80,17 @@ def test_the_suite_readme_documents_every_key():
         "regenerate with: python tools/config_doc.py --bias-study"
 
 
-def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_path):
-    result = run_tool("bias_study.py", "-m", SMOKE, "-o", f"suite.output_dir={tmp_path}", "suite.oracle=true",
-                      "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS", "suite.backbones=[mlp]",
-                      "suite.seeds=[1]", "suite.data_sets=['rho0: --selection-bias 0']", cwd=str(tmp_path))
+def small_suite(tmp_path, *overrides):
+    """The smoke suite cut to one data set (rho0), MLP and seed 1, with `overrides`: its runs by variant."""
+    result = run_tool("bias_study.py", "-m", SMOKE, "-o", f"suite.output_dir={tmp_path}", "suite.backbones=[mlp]",
+                      "suite.seeds=[1]", "suite.data_sets=['rho0: --selection-bias 0']", *overrides, cwd=str(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     with open(tmp_path / "results.jsonl") as f:
-        runs = {r["variant"]: r for r in map(json.loads, f)}
+        return {r["variant"]: r for r in map(json.loads, f)}
+
+
+def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_path):
+    runs = small_suite(tmp_path, "suite.oracle=true", "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS")
     assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+oracle"] and runs["SNIPS+oracle"]["mode"] == "IPW"
     folder = tmp_path / "data" / "rho0" / "synthetic"
     with open(folder / "truth" / "train.csv") as f:
@@ -104,7 +108,73 @@ def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_
     config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"),
                                         [f"runner.train_data_dir={folder}/train", "runner.cache_dir=none"])
     truth = study.read_truth(str(folder / "truth" / "train.csv"))
-    oracle = study.OracleReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"), truth)
+    oracle = study.PropensityReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
+                                     truth["sample_id"], truth["true_ctr"], "the truth file")
     batch = next(epoch_batches(oracle, 1000))
     expected = truth["true_ctr"][np.searchsorted(truth["sample_id"], batch["sample_id"])]
     np.testing.assert_allclose(batch["propensity"], expected, rtol=1e-6)
+
+
+def test_a_run_with_a_validation_split_is_judged_by_its_best_epoch(tmp_path):
+    (run,) = small_suite(tmp_path, "suite.variants=[ESMM]", "suite.default_variant=ESMM",
+                         "suite.overrides=[runner.epochs=3, runner.dev_fraction=0.3, "
+                         "hyper_parameters.optimizer.learning_rate=0.05, 'hyper_parameters.ctr_fc_sizes=[32]', "
+                         "'hyper_parameters.cvr_fc_sizes=[32]']").values()
+    run_dir = tmp_path / "runs" / "rho0" / "mlp-ESMM-seed1"
+    with open(run_dir / "best.json") as f:
+        best = json.load(f)["epoch"]
+    assert best < 2  # a step this large overfits after the first epoch: the best is not the last
+    assert run["epoch"] == best
+    with open(run_dir / "infer_metrics.jsonl") as f:  # the test split's figures are the best epoch's
+        assert [json.loads(line)["epoch"] for line in f][-1] == best
+
+
+def test_the_decile_curve_fills_every_tenth_when_the_ctr_has_few_levels():
+    from studies.bias.bias_study import decile_curve
+    true_ctr = np.repeat([0.01, 0.05, 0.2], [500, 300, 200])  # three levels: quantile edges would leave empty tenths
+    values = np.arange(1000, dtype=np.float64)
+    curve = decile_curve(true_ctr, values)
+    assert curve == [float(values[b * 100:(b + 1) * 100].mean()) for b in range(10)]
+    shuffled = np.random.default_rng(0).permutation(true_ctr)  # by rank of the CTR, not by position
+    assert decile_curve(shuffled, shuffled) == pytest.approx([0.01] * 5 + [0.05] * 3 + [0.2] * 2)
+
+
+def test_the_crossfit_arm_weights_each_impression_by_a_model_that_has_not_seen_it(tmp_path):
+    runs = small_suite(tmp_path, "suite.crossfit=true", "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS")
+    assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+crossfit"] and runs["SNIPS+crossfit"]["mode"] == "IPW"
+    assert "| SNIPS+crossfit |" in (tmp_path / "results.md").read_text()
+    from rectools import model_loader
+    from rectools.early_stopping import held_out
+    from studies.bias import bias_study as study
+    folder = tmp_path / "data" / "rho0" / "synthetic"
+    truth = study.read_truth(str(folder / "truth" / "train.csv"))
+    half = held_out(truth["sample_id"].astype(np.int64), 0.5)
+    with open(folder / "meta.json") as f:
+        meta = json.load(f)
+    run_dir = tmp_path / "runs" / "rho0" / "mlp-SNIPS+crossfit-seed1"
+    for k in (0, 1):  # each ESMM model trained on its half alone
+        with open(run_dir / f"crossfit-{k}" / "train_metrics.jsonl") as f:
+            assert json.loads(f.readline())["samples"] == int((half == bool(k)).sum())
+    # the propensities: each half's from the model trained on the other half, in the truth's order
+    overrides = ["runner.epochs=1", "hyper_parameters.ctr_fc_sizes=[32]", "hyper_parameters.cvr_fc_sizes=[32]",
+                 f"runner.train_data_dir={folder}/train", f"runner.test_data_dir={folder}/test", "runner.seed=1",
+                 "runner.use_inference=False", f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}"]
+    job = {"run_dir": str(tmp_path / "direct"), "model_config": os.path.join(MODEL_DIR, "config.yaml"),
+           "mode_graph": "dygraph"}
+    propensity = study.crossfit_propensity(job, overrides, str(folder), truth)
+    for k in (0, 1):
+        save = f"runner.model_save_path={tmp_path}/direct/crossfit-{k}"
+        config, package = model_loader.load(job["model_config"], [*overrides, save])
+        config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = 0, 1
+        _, predicted = study.predictions_of(config, package, "dygraph", f"{folder}/train", truth, quiet=True)
+        np.testing.assert_array_equal(propensity[half != bool(k)], predicted["pctr"][half != bool(k)])
+    assert not np.isnan(propensity).any()
+
+
+def test_the_crossfit_arm_refuses_a_validation_split_cut_by_the_same_hash(tmp_path):
+    result = run_tool("bias_study.py", "-m", SMOKE, "-o", f"suite.output_dir={tmp_path}", "suite.crossfit=true",
+                      "suite.variants=[SNIPS]", "suite.default_variant=SNIPS", "suite.backbones=[mlp]",
+                      "suite.seeds=[1]", "suite.data_sets=['rho0: --selection-bias 0']",
+                      "suite.overrides=[runner.dev_fraction=0.2]", cwd=str(tmp_path))
+    assert result.returncode == 2 and "suite.crossfit cuts the training impressions in halves" in result.stderr
+    assert "runner.dev_data_dir" in result.stderr and not (tmp_path / "runs").exists()
