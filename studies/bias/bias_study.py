@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import re
 import shlex
+import shutil
 import time
 
 import numpy as np
@@ -98,9 +99,11 @@ SUITE_KEYS = [
     Key("data.extra_args", "str_list", [], "further generate.py arguments, e.g. [--users, '500']"),
 ]
 
-METRICS = ["auc_ctr", "pctr_corr", "pctr_calibration", "auc_cvr", "auc_cvr_all", "ieb_rel", "train_ieb_rel",
+METRICS = ["auc_ctr", "pctr_corr", "pctr_calibration", "train_clicked_pctr_calibration", "clicked_pctr_calibration", "auc_cvr", "auc_cvr_all", "ieb_rel", "train_ieb_rel",
            "balance_worst", "logloss_true_cvr"]
 HEADERS = {"auc_ctr": "CTR AUC", "pctr_corr": "pCTR corr. true CTR", "pctr_calibration": "mean pCTR / true",
+           "train_clicked_pctr_calibration": "clicked: pCTR / true (train)",
+           "clicked_pctr_calibration": "clicked: pCTR / true",
            "auc_cvr": "CVR AUC (clicked)", "auc_cvr_all": "CVR AUC (all, true)", "ieb": "IEB", "ieb_rel": "IEB rel.",
            "train_ieb_rel": "IEB rel. (train)", "balance_worst": "balance: worst decile",
            "logloss_true_cvr": "pCVR log-loss vs true"}
@@ -172,6 +175,14 @@ def read_truth(path):
     return {name: table[:, i] for i, name in enumerate(columns)}
 
 
+def clicked_calibration(pctr, click, true_ctr):
+    """Mean pCTR / mean true CTR over the clicked impressions (float arrays [N]; NaN without clicks): on
+    the training impressions against unseen ones, how much higher a tower rates the clicks it has fitted
+    (their inverse-propensity weights shrink alike)."""
+    clicked = click.astype(bool)
+    return float(pctr[clicked].mean() / true_ctr[clicked].mean()) if clicked.any() else float("nan")
+
+
 def truth_metrics(pctr, pcvr, click, buy, truth):
     """The benchmark's figures for one run's test predictions (float arrays [N]): the usual
     protocol, plus the entire space against the truth (columns of the truth file, [N] each).
@@ -187,6 +198,7 @@ def truth_metrics(pctr, pcvr, click, buy, truth):
         "selection_strength": float(true_cvr[clicked].mean() / true_cvr.mean()) if clicked.any() else float("nan"),
         "pctr_corr": float(np.corrcoef(pctr, true_ctr)[0, 1]) if pctr.std() > 0 else float("nan"),
         "pctr_calibration": float(pctr.mean() / true_ctr.mean()),
+        "clicked_pctr_calibration": clicked_calibration(pctr, click, true_ctr),
         "auc_cvr_all": auc(truth["potential_conversion"], pcvr),
         "ieb": ieb, "ieb_rel": ieb / float(true_cvr.mean()),
         "logloss_true_cvr": logloss(true_cvr, pcvr),  # soft labels: cross-entropy against the true CVR
@@ -211,7 +223,9 @@ class PropensityReader:
     def __init__(self, dataset, sample_id, propensity, source):
         self.dataset, self.file_list, self.source = dataset, dataset.file_list, source
         ids = np.asarray(sample_id, dtype=np.int64)
-        self.by_id = np.full(int(ids.max()) + 1, np.nan, dtype=np.float32)  # NaN: no propensity for that id
+        if (ids < 0).any():
+            raise ValueError(f"{source} holds a negative sample_id ({ids[ids < 0][0]})")
+        self.by_id = np.full(int(ids.max(initial=-1)) + 1, np.nan, dtype=np.float32)  # NaN: none for that id
         self.by_id[ids] = propensity
 
     def chunks(self):
@@ -260,18 +274,18 @@ def run_one(job):
     data = os.path.join(job["data"], "synthetic")
     with open(os.path.join(data, "meta.json")) as f:
         meta = json.load(f)
-    overrides = [*job["overrides"], f"runner.train_data_dir={data}/train", f"runner.test_data_dir={data}/test",
-                 f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
-                 f"runner.counterfact_mode={job['mode']}", f"hyper_parameters.backbone={job['backbone']}",
-                 f"runner.seed={job['seed']}", f"runner.model_save_path={job['run_dir']}",
-                 "runner.use_inference=False"]
+    placed = [f"runner.train_data_dir={data}/train", f"runner.test_data_dir={data}/test",
+              f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
+              f"hyper_parameters.backbone={job['backbone']}", f"runner.seed={job['seed']}", "runner.use_inference=False"]
+    overrides = [*job["overrides"], *placed, f"runner.counterfact_mode={job['mode']}",
+                 f"runner.model_save_path={job['run_dir']}"]
     config, package = model_loader.load(job["model_config"], overrides)
     start = time.perf_counter()
     train_truth, truth = truth_file(data, "train"), truth_file(data, "test")
     dataset = None
     if job["variant"].endswith(ARMS):
         propensity, source = ((train_truth["true_ctr"], "the truth file") if job["variant"].endswith(ORACLE) else
-                              (crossfit_propensity(job, overrides, data, train_truth), "the cross-fitted pCTRs"))
+                              (crossfit_propensity(job, placed, data, train_truth), "the cross-fitted pCTRs"))
         dataset = PropensityReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
                                    train_truth["sample_id"], propensity, source)
     loops.train(config, package, job["mode_graph"], dataset=dataset)
@@ -280,13 +294,14 @@ def run_one(job):
     _, on_train = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
     train_ieb = float(on_train["pcvr"].mean() - train_truth["true_cvr"].mean())
     train_pctr = float(on_train["pctr"].mean() / train_truth["true_ctr"].mean())
+    train_clicked = clicked_calibration(on_train["pctr"], on_train["click"], train_truth["true_ctr"])
     del on_train
     record, predictions = predictions_of(config, package, job["mode_graph"], f"{data}/test", truth)
     result = {k: job[k] for k in ("data_set", "variant", "mode", "backbone", "seed")}
     result.update(truth_metrics(predictions["pctr"], predictions["pcvr"], predictions["click"], predictions["buy"],
                                 truth))
     result.update(epoch=epoch, train_ieb=train_ieb, train_ieb_rel=train_ieb / float(train_truth["true_cvr"].mean()),
-                  train_pctr_calibration=train_pctr,
+                  train_pctr_calibration=train_pctr, train_clicked_pctr_calibration=train_clicked,
                   **{k: record[k] for k in record if k.startswith(("balance_", "ipw_"))})
     result["pcvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], predictions["pcvr"])
     result["true_cvr_by_ctr_decile"] = decile_curve(truth["true_ctr"], truth["true_cvr"])
@@ -296,16 +311,21 @@ def run_one(job):
     return result
 
 
-def crossfit_propensity(job, overrides, data, train_truth):
+def crossfit_propensity(job, placed, data, train_truth):
     """Cross-fitted propensities of the training impressions (float64 [n], in train_truth's order): for
-    each half of them (by early_stopping.held_out's hash of sample_id at 0.5), pCTR of an ESMM model of
-    the run's config and seed trained on the other half, judged at its best or last epoch as the run is.
-    The two models go to <run_dir>/crossfit-<half>/."""
+    each half of them (by early_stopping.held_out's hash of sample_id at 0.5), pCTR of an ESMM model
+    trained on the other half with the suite's overrides, the run's data, backbone and seed (`placed`),
+    judged at its best or last epoch as the runs are. The same for every variant of a data set, backbone
+    and seed: kept in job["crossfit_dir"] (propensity.npy, the two models in half-0/ and half-1/)."""
+    cached = os.path.join(job["crossfit_dir"], "propensity.npy")
+    if os.path.isfile(cached):
+        return np.load(cached)
     held = early_stopping.held_out(train_truth["sample_id"].astype(np.int64), 0.5)
     propensity = np.full(len(held), np.nan)
     for half in (False, True):
-        run_dir = os.path.join(job["run_dir"], f"crossfit-{int(half)}")
-        config, package = model_loader.load(job["model_config"], [*overrides, "runner.counterfact_mode=ESMM",
+        run_dir = os.path.join(job["crossfit_dir"], f"half-{int(half)}")
+        config, package = model_loader.load(job["model_config"], [*job["suite_overrides"], *placed,
+                                                                   "runner.counterfact_mode=ESMM",
                                                                    f"runner.model_save_path={run_dir}"])
         trains_on = early_stopping.HeldOut(reader(config, package, "runner.train_data_dir",
                                                   "runner.train_reader_path"), 0.5, half)
@@ -314,6 +334,8 @@ def crossfit_propensity(job, overrides, data, train_truth):
         config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = epoch, epoch + 1
         _, predicted = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
         propensity[held != half] = predicted["pctr"][held != half]
+    with atomic.atomic_file(cached, "wb") as f:  # two runs of one seed may both get here: either file will do
+        np.save(f, propensity)
     return propensity
 
 
@@ -359,10 +381,13 @@ def run(suite):
             run_dir = os.path.join(out, "runs", name, f"{backbone}-{variant}-seed{seed}")
             jobs.append({"data_set": name, "variant": variant, "mode": mode, "backbone": backbone, "seed": seed,
                          "data": folder, "model_config": suite["suite.model_config"], "overrides": overrides,
-                         "run_dir": run_dir, "mode_graph": suite["suite.graph_mode"]})
-    for overrides in dict.fromkeys(tuple(j["overrides"]) for j in jobs if j["variant"].endswith(CROSSFIT)):
+                         "suite_overrides": suite["suite.overrides"], "run_dir": run_dir,
+                         "crossfit_dir": os.path.join(out, "crossfit", name, f"{backbone}-seed{seed}"),
+                         "mode_graph": suite["suite.graph_mode"]})
+    if suite["suite.crossfit"]:
+        shutil.rmtree(os.path.join(out, "crossfit"), ignore_errors=True)  # propensities of this suite's settings only
         # the halves and runner.dev_fraction's split are cut by the same hash: one half would hold all the split
-        if model_loader.load(suite["suite.model_config"], list(overrides))[0]["runner.dev_fraction"]:
+        if model_loader.load(suite["suite.model_config"], suite["suite.overrides"])[0]["runner.dev_fraction"]:
             raise ConfigError(f"{suite.path}: suite.crossfit cuts the training impressions in halves by the hash "
                               "runner.dev_fraction cuts its validation split by: give the runs a validation split "
                               "with runner.dev_data_dir instead")
@@ -457,10 +482,10 @@ def warning_table(results, variant):
     noise = {}
     for (data_set, backbone, _), ieb in oracle.items():
         noise.setdefault((data_set, backbone), []).append(ieb)
-    noise = {k: 2 * float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for k, v in noise.items()}
+    noise = {k: 2 * float(np.std(v, ddof=1)) for k, v in noise.items() if len(v) > 1}  # no noise from one seed
     tests = {"more biased than ESMM": lambda r, key: abs(r["ieb"]) > abs(esmm[key]) if key in esmm else None,
              f"IEB off {variant}{ORACLE}'s by > 2 std": lambda r, key: abs(r["ieb"] - oracle[key]) > noise[key[:2]]
-             if key in oracle else None}
+             if key in oracle and key[:2] in noise else None}
     counts, warned = {}, {}
     for r in results:
         if r["variant"] != variant or "balance_failed" not in r:

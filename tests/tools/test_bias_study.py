@@ -91,6 +91,7 @@ def small_suite(tmp_path, *overrides):
 
 def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_path):
     runs = small_suite(tmp_path, "suite.oracle=true", "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS")
+    assert runs["SNIPS+oracle"]["ieb"] != runs["SNIPS"]["ieb"]  # same seed: only the propensity differs
     assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+oracle"] and runs["SNIPS+oracle"]["mode"] == "IPW"
     folder = tmp_path / "data" / "rho0" / "synthetic"
     with open(folder / "truth" / "train.csv") as f:
@@ -98,6 +99,7 @@ def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_
     for run in runs.values():
         assert run["train_ieb"] == pytest.approx(run["train_ieb_rel"] * true_cvr.mean())
         assert run["balance_failed"] >= 0 and len(run["balance_pcvr"]) == 10
+        assert run["train_clicked_pctr_calibration"] > 0 and run["clicked_pctr_calibration"] > 0
     table = (tmp_path / "results.md").read_text()
     assert "| rho0 | " in table and "| SNIPS+oracle |" in table and "IEB rel. (train)" in table
     assert "| warned | " in table and "| not warned | " in table
@@ -142,6 +144,7 @@ def test_the_decile_curve_fills_every_tenth_when_the_ctr_has_few_levels():
 def test_the_crossfit_arm_weights_each_impression_by_a_model_that_has_not_seen_it(tmp_path):
     runs = small_suite(tmp_path, "suite.crossfit=true", "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS")
     assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+crossfit"] and runs["SNIPS+crossfit"]["mode"] == "IPW"
+    assert runs["SNIPS+crossfit"]["ieb"] != runs["SNIPS"]["ieb"]  # same seed: only the propensity differs
     assert "| SNIPS+crossfit |" in (tmp_path / "results.md").read_text()
     from rectools import model_loader
     from rectools.early_stopping import held_out
@@ -149,26 +152,21 @@ def test_the_crossfit_arm_weights_each_impression_by_a_model_that_has_not_seen_i
     folder = tmp_path / "data" / "rho0" / "synthetic"
     truth = study.read_truth(str(folder / "truth" / "train.csv"))
     half = held_out(truth["sample_id"].astype(np.int64), 0.5)
-    with open(folder / "meta.json") as f:
-        meta = json.load(f)
-    run_dir = tmp_path / "runs" / "rho0" / "mlp-SNIPS+crossfit-seed1"
-    for k in (0, 1):  # each ESMM model trained on its half alone
-        with open(run_dir / f"crossfit-{k}" / "train_metrics.jsonl") as f:
-            assert json.loads(f.readline())["samples"] == int((half == bool(k)).sum())
-    # the propensities: each half's from the model trained on the other half, in the truth's order
-    overrides = ["runner.epochs=1", "hyper_parameters.ctr_fc_sizes=[32]", "hyper_parameters.cvr_fc_sizes=[32]",
-                 f"runner.train_data_dir={folder}/train", f"runner.test_data_dir={folder}/test", "runner.seed=1",
-                 "runner.use_inference=False", f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}"]
-    job = {"run_dir": str(tmp_path / "direct"), "model_config": os.path.join(MODEL_DIR, "config.yaml"),
-           "mode_graph": "dygraph"}
-    propensity = study.crossfit_propensity(job, overrides, str(folder), truth)
-    for k in (0, 1):
-        save = f"runner.model_save_path={tmp_path}/direct/crossfit-{k}"
-        config, package = model_loader.load(job["model_config"], [*overrides, save])
-        config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = 0, 1
+    crossfit_dir = tmp_path / "crossfit" / "rho0" / "mlp-seed1"
+    propensity = np.load(crossfit_dir / "propensity.npy")  # what the SNIPS+crossfit run divided by
+    assert propensity.shape == half.shape and not np.isnan(propensity).any()
+    for k in (0, 1):  # each an ESMM model trained on its half alone, predicting the other half
+        with open(crossfit_dir / f"half-{k}" / "train_metrics.jsonl") as f:
+            record = json.loads(f.readline())
+        assert record["samples"] == int((half == bool(k)).sum()) and "cvr_loss" not in record
+        with open(folder / "meta.json") as f:
+            meta = json.load(f)
+        config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"), [
+            "runner.epochs=1", "hyper_parameters.ctr_fc_sizes=[32]", "hyper_parameters.cvr_fc_sizes=[32]",
+            f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}", "runner.use_inference=False",
+            f"runner.model_save_path={crossfit_dir}/half-{k}", "runner.infer_start_epoch=0"])
         _, predicted = study.predictions_of(config, package, "dygraph", f"{folder}/train", truth, quiet=True)
         np.testing.assert_array_equal(propensity[half != bool(k)], predicted["pctr"][half != bool(k)])
-    assert not np.isnan(propensity).any()
 
 
 def test_the_crossfit_arm_refuses_a_validation_split_cut_by_the_same_hash(tmp_path):
@@ -178,3 +176,24 @@ def test_the_crossfit_arm_refuses_a_validation_split_cut_by_the_same_hash(tmp_pa
                       "suite.overrides=[runner.dev_fraction=0.2]", cwd=str(tmp_path))
     assert result.returncode == 2 and "suite.crossfit cuts the training impressions in halves" in result.stderr
     assert "runner.dev_data_dir" in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_the_warning_is_scored_against_esmm_and_against_the_oracle_arm():
+    from studies.bias.bias_study import warning_table
+
+    def run(variant, seed, ieb, warned=False):
+        return {"data_set": "d", "backbone": "mlp", "variant": variant, "seed": seed, "ieb": ieb,
+                **({"balance_failed": int(warned)} if variant == "SNIPS" else {})}
+    results = [run("ESMM", 1, 0.10), run("ESMM", 2, 0.10), run("ESMM", 3, 0.10),
+               run("SNIPS+oracle", 1, 0.02), run("SNIPS+oracle", 2, 0.03), run("SNIPS+oracle", 3, 0.04),  # 2 std 0.02
+               run("SNIPS", 1, 0.15, warned=True),   # worse than ESMM, 0.13 off its oracle run
+               run("SNIPS", 2, 0.04, warned=True),   # better than ESMM, 0.01 off
+               run("SNIPS", 3, 0.05)]                # better than ESMM, 0.01 off
+    table = warning_table(results, "SNIPS")
+    assert "| | more biased than ESMM | not | IEB off SNIPS+oracle's by > 2 std | not |" in table
+    assert "| warned | 1 | 1 | 1 | 1 |" in table and "| not warned | 0 | 1 | 0 | 1 |" in table
+    assert "Warned, per data set: d 2 of 3." in table
+    one_seed = warning_table([r for r in results if r["seed"] == 1], "SNIPS")  # no seed noise: no oracle column
+    assert "more biased than ESMM" in one_seed and "SNIPS+oracle" not in one_seed
+    assert warning_table([r for r in results if r["variant"] != "ESMM" and "oracle" not in r["variant"]],
+                         "SNIPS") == ""

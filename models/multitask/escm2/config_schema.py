@@ -53,7 +53,9 @@ KEYS = [
     Key("hyper_parameters.counterfactual_w", "float", 0.03,
         "lambda_c, weight of the CVR risk (the paper: 0.1-1; 0.03 keeps a learned propensity's errors from "
         "adding bias, see docs/bias_study.md)", minimum=0),
-    Key("hyper_parameters.global_w", "float", 0.5, "lambda_g, weight of the CTCVR risk", minimum=0),
+    Key("hyper_parameters.global_w", "float", 0.5,
+        "lambda_g, weight of the CTCVR risk; it pulls pCVR's level towards the clicked impressions' with about "
+        "global_w x CTR against counterfactual_w's pull towards all impressions' (docs/bias_study.md)", minimum=0),
     Key("hyper_parameters.propensity_floor", "float", 0.002,
         "pCTR is floored at this value before it divides (IPW and DR)", minimum=1e-6, maximum=1.0),
     Key("hyper_parameters.propensity_power", "float", 1.0,
