@@ -99,8 +99,8 @@ SUITE_KEYS = [
     Key("data.extra_args", "str_list", [], "further generate.py arguments, e.g. [--users, '500']"),
 ]
 
-METRICS = ["auc_ctr", "pctr_corr", "pctr_calibration", "train_clicked_pctr_calibration", "clicked_pctr_calibration", "auc_cvr", "auc_cvr_all", "ieb_rel", "train_ieb_rel",
-           "balance_worst", "logloss_true_cvr"]
+METRICS = ["auc_ctr", "pctr_corr", "pctr_calibration", "train_clicked_pctr_calibration", "clicked_pctr_calibration",
+           "auc_cvr", "auc_cvr_all", "ieb_rel", "train_ieb_rel", "balance_worst", "logloss_true_cvr"]
 HEADERS = {"auc_ctr": "CTR AUC", "pctr_corr": "pCTR corr. true CTR", "pctr_calibration": "mean pCTR / true",
            "train_clicked_pctr_calibration": "clicked: pCTR / true (train)",
            "clicked_pctr_calibration": "clicked: pCTR / true",
@@ -120,6 +120,12 @@ def load_suite(path, overrides=()):
         if suite[arm] and suite["suite.graph_mode"] == "static":
             raise ConfigError(f"{suite.path}: {arm} trains with a propensity each batch brings, which the static "
                               "program does not feed: run it with suite.graph_mode=dygraph")
+    # the crossfit halves and runner.dev_fraction's split are cut by the same hash: one half would hold all the split
+    if suite["suite.crossfit"] and model_loader.load(suite["suite.model_config"],
+                                                     suite["suite.overrides"])[0]["runner.dev_fraction"]:
+        raise ConfigError(f"{suite.path}: suite.crossfit cuts the training impressions in halves by the hash "
+                          "runner.dev_fraction cuts its validation split by: give the runs a validation split "
+                          "with runner.dev_data_dir instead")
     if suite["suite.default_variant"] not in suite["suite.variants"]:
         raise ConfigError(f"{suite.path}: suite.default_variant {suite['suite.default_variant']!r} is not among "
                           f"suite.variants ({', '.join(suite['suite.variants'])})")
@@ -276,7 +282,8 @@ def run_one(job):
         meta = json.load(f)
     placed = [f"runner.train_data_dir={data}/train", f"runner.test_data_dir={data}/test",
               f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
-              f"hyper_parameters.backbone={job['backbone']}", f"runner.seed={job['seed']}", "runner.use_inference=False"]
+              f"hyper_parameters.backbone={job['backbone']}", f"runner.seed={job['seed']}",
+              "runner.use_inference=False"]
     overrides = [*job["overrides"], *placed, f"runner.counterfact_mode={job['mode']}",
                  f"runner.model_save_path={job['run_dir']}"]
     config, package = model_loader.load(job["model_config"], overrides)
@@ -289,8 +296,7 @@ def run_one(job):
         dataset = PropensityReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
                                    train_truth["sample_id"], propensity, source)
     loops.train(config, package, job["mode_graph"], dataset=dataset)
-    epoch = trained_epoch(config, job["run_dir"])
-    config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = epoch, epoch + 1
+    epoch = judge_epoch(config, job["run_dir"])
     _, on_train = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
     train_ieb = float(on_train["pcvr"].mean() - train_truth["true_cvr"].mean())
     train_pctr = float(on_train["pctr"].mean() / train_truth["true_ctr"].mean())
@@ -316,7 +322,8 @@ def crossfit_propensity(job, placed, data, train_truth):
     each half of them (by early_stopping.held_out's hash of sample_id at 0.5), pCTR of an ESMM model
     trained on the other half with the suite's overrides, the run's data, backbone and seed (`placed`),
     judged at its best or last epoch as the runs are. The same for every variant of a data set, backbone
-    and seed: kept in job["crossfit_dir"] (propensity.npy, the two models in half-0/ and half-1/)."""
+    and seed: kept in job["crossfit_dir"] (propensity.npy, the two models in half-0/ and half-1/). Each
+    model predicts all the training impressions, of which the other half's are kept."""
     cached = os.path.join(job["crossfit_dir"], "propensity.npy")
     if os.path.isfile(cached):
         return np.load(cached)
@@ -330,8 +337,7 @@ def crossfit_propensity(job, placed, data, train_truth):
         trains_on = early_stopping.HeldOut(reader(config, package, "runner.train_data_dir",
                                                   "runner.train_reader_path"), 0.5, half)
         loops.train(config, package, job["mode_graph"], dataset=trains_on)
-        epoch = trained_epoch(config, run_dir)
-        config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = epoch, epoch + 1
+        judge_epoch(config, run_dir)
         _, predicted = predictions_of(config, package, job["mode_graph"], f"{data}/train", train_truth, quiet=True)
         propensity[held != half] = predicted["pctr"][held != half]
     with atomic.atomic_file(cached, "wb") as f:  # two runs of one seed may both get here: either file will do
@@ -339,11 +345,14 @@ def crossfit_propensity(job, placed, data, train_truth):
     return propensity
 
 
-def trained_epoch(config, run_dir):
-    """The epoch a run is judged by: the best one on the validation split where the run has one
-    (runner.dev_fraction or dev_data_dir: best.json), as export and predict choose; else the last."""
+def judge_epoch(config, run_dir):
+    """Sets `config`'s infer epochs to the one a trained run is judged by, and returns it: the best one on
+    the validation split where the run has one (runner.dev_fraction or dev_data_dir: best.json), as
+    export and predict choose; else the last."""
     best = early_stopping.read_best(run_dir)
-    return best["epoch"] if best is not None else config["runner.epochs"] - 1
+    epoch = best["epoch"] if best is not None else config["runner.epochs"] - 1
+    config["runner.infer_start_epoch"], config["runner.infer_end_epoch"] = epoch, epoch + 1
+    return epoch
 
 
 def gate_entropies(config, package, run_dir, epoch):
@@ -368,12 +377,11 @@ def run(suite):
     out = suite["suite.output_dir"]
     os.makedirs(out, exist_ok=True)
     jobs = []
+    arms = [arm for arm, key in ((ORACLE, "suite.oracle"), (CROSSFIT, "suite.crossfit")) if suite[key]]
     for name, extra in suite["suite.data_sets"]:
         folder = make_data(suite, name, extra)
-        variants = [*suite["suite.variants"], *(v + arm for arm, key in ((ORACLE, "suite.oracle"),
-                                                                          (CROSSFIT, "suite.crossfit"))
-                                                 for v in suite["suite.variants"]
-                                                 if suite[key] and VARIANTS[v][0] in PROPENSITY_MODES)]
+        variants = [*suite["suite.variants"], *(v + arm for arm in arms for v in suite["suite.variants"]
+                                                 if VARIANTS[v][0] in PROPENSITY_MODES)]
         for backbone, variant, seed in itertools.product(suite["suite.backbones"], variants, suite["suite.seeds"]):
             base = variant.removesuffix(ORACLE).removesuffix(CROSSFIT)
             mode, pinned = VARIANTS[base]
@@ -386,11 +394,6 @@ def run(suite):
                          "mode_graph": suite["suite.graph_mode"]})
     if suite["suite.crossfit"]:
         shutil.rmtree(os.path.join(out, "crossfit"), ignore_errors=True)  # propensities of this suite's settings only
-        # the halves and runner.dev_fraction's split are cut by the same hash: one half would hold all the split
-        if model_loader.load(suite["suite.model_config"], suite["suite.overrides"])[0]["runner.dev_fraction"]:
-            raise ConfigError(f"{suite.path}: suite.crossfit cuts the training impressions in halves by the hash "
-                              "runner.dev_fraction cuts its validation split by: give the runs a validation split "
-                              "with runner.dev_data_dir instead")
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
     with atomic.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
@@ -462,9 +465,9 @@ def markdown(results, suite):
             "IEB = mean pCVR - mean true CVR over all test impressions (relative: / mean true CVR). "
             "IEB rel. (train): the same over the training impressions (the fit, without generalisation). "
             f"{ORACLE}: the variant with the generator's true CTR as its propensity (pCTR is still learnt and "
-            f"reported). {CROSSFIT}: with cross-fitted propensities (pCTR of an ESMM model trained on the other half "
-            "of the training impressions). Balance: the worst failing decile's |weighted clicks per impression - 1| of the balance "
-            "check on the test impressions (0: it passes). "
+            f"reported). {CROSSFIT}: with cross-fitted propensities (pCTR of an ESMM model trained on the other "
+            "half of the training impressions). Balance: the worst failing decile's |weighted clicks per "
+            "impression - 1| of the balance check on the test impressions (0: it passes). "
             "Gate entropy: mean over test impressions of the MMoE gate's entropy in nats (uniform over the "
             "experts: ln(expert_num); collapsed onto one expert: 0).\n")
     return "\n".join(rows) + "\n" + note + warning_table(results, suite["suite.default_variant"])

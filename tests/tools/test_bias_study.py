@@ -152,6 +152,8 @@ def test_the_crossfit_arm_weights_each_impression_by_a_model_that_has_not_seen_i
     folder = tmp_path / "data" / "rho0" / "synthetic"
     truth = study.read_truth(str(folder / "truth" / "train.csv"))
     half = held_out(truth["sample_id"].astype(np.int64), 0.5)
+    with open(folder / "meta.json") as f:
+        meta = json.load(f)
     crossfit_dir = tmp_path / "crossfit" / "rho0" / "mlp-seed1"
     propensity = np.load(crossfit_dir / "propensity.npy")  # what the SNIPS+crossfit run divided by
     assert propensity.shape == half.shape and not np.isnan(propensity).any()
@@ -159,8 +161,6 @@ def test_the_crossfit_arm_weights_each_impression_by_a_model_that_has_not_seen_i
         with open(crossfit_dir / f"half-{k}" / "train_metrics.jsonl") as f:
             record = json.loads(f.readline())
         assert record["samples"] == int((half == bool(k)).sum()) and "cvr_loss" not in record
-        with open(folder / "meta.json") as f:
-            meta = json.load(f)
         config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"), [
             "runner.epochs=1", "hyper_parameters.ctr_fc_sizes=[32]", "hyper_parameters.cvr_fc_sizes=[32]",
             f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}", "runner.use_inference=False",
@@ -176,6 +176,7 @@ def test_the_crossfit_arm_refuses_a_validation_split_cut_by_the_same_hash(tmp_pa
                       "suite.overrides=[runner.dev_fraction=0.2]", cwd=str(tmp_path))
     assert result.returncode == 2 and "suite.crossfit cuts the training impressions in halves" in result.stderr
     assert "runner.dev_data_dir" in result.stderr and not (tmp_path / "runs").exists()
+    assert not (tmp_path / "data").exists()  # refused with the suite, before any data is made
 
 
 def test_the_warning_is_scored_against_esmm_and_against_the_oracle_arm():
