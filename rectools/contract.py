@@ -111,6 +111,14 @@ class DygraphModel(ABC):
     # (name -> array, as checkpoints hold them). None: nothing to recalibrate, no data read for it.
     recalibrate: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None
 
+    # Optional: initialize(columns, parameters) -> {name: new array}. Before the first step of a run
+    # from scratch (not a resumed one), the parameters to replace, given the numeric one-dimensional
+    # columns (labels, sample ids: name -> 1-D array) of a sample of the training data's batches
+    # (about rectools.loops.INIT_SAMPLES impressions, or runner.recalibration_samples if fewer; with
+    # several processes the union of theirs, the same on each) and the fresh parameters. Not called
+    # when the training data has no samples. None: no data read for it.
+    initialize: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None
+
 
 @dataclass
 class StaticGraph:
@@ -163,6 +171,7 @@ class StaticModel(ABC):
         return []
 
     recalibrate: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None  # as DygraphModel's
+    initialize: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None  # as DygraphModel's
 
 
 READER_KEYS = ("runner.train_reader_path", "runner.infer_reader_path")  # declared by each model folder

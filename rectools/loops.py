@@ -20,6 +20,8 @@ from .errors import ConfigError, UserError
 from .metrics import Accumulator
 from .progress import Progress, expected_samples, format_metrics, headline, remember_pass
 
+INIT_SAMPLES = 100_000  # the most training impressions the initialisation reads: a base rate needs few
+
 log = logging.getLogger("rectools")
 
 
@@ -165,6 +167,8 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
         first_epoch = checkpoint.load_checkpoint(engine, config["runner.model_init_path"],
                                                  "runner.model_init_path", True, dataset.layout()) + 1
         log.info("resuming from %s (epoch %d)", config["runner.model_init_path"], first_epoch - 1)
+    else:
+        initialize(config, engine, dataset, batch_size, shard, gather, group)
     metrics_file = os.path.join(save_root, records.TRAIN)
     run = records.new_run()
     curves, earlier = None, []
@@ -199,7 +203,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
         if not math.isfinite(record["loss"]):
             raise UserError(f"epoch {epoch}: the training loss is {record['loss']}; no checkpoint saved "
                             f"(a lower hyper_parameters.optimizer.learning_rate may help)")
-        recalibrate(config, engine, dataset, batch_size, shard, gather)  # training data: the split stays unseen
+        recalibrate(config, engine, dataset, batch_size, shard, gather, group)  # training data: the split stays unseen
         if group.size > 1:
             log.info("parameters identical on all %d processes (sha256 %s)", group.size,
                      group.check_parameters(engine.parameters())[:16])
@@ -224,30 +228,67 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     return done
 
 
-def recalibrate(config, engine, dataset, batch_size, shard, gather):
-    """The model's recalibration (contract recalibrate), when it has one: the trained model's
-    predictions on every k-th batch of this shard of the training data (k so that at most
-    runner.recalibration_samples are read by all processes together; while the data's size is not
-    known, its first batches up to that number), gathered from every process so that each replaces
-    the same parameters."""
-    if engine.contract.recalibrate is None:
-        return
-    limit = max(1, config["runner.recalibration_samples"] // shard.count)  # this process's share
+def training_sample(dataset, batch_size, shard, samples, group):
+    """The batches of this shard of the training data that the model's initialisation and
+    recalibration read: every k-th batch, k so that about `samples` (whole batches, up to one more
+    per process) are read by all processes together; while the data's size is not known, its first
+    batches up to that number. k is the same on every process of `group` (the largest of theirs:
+    their shares of the data differ by up to a batch), so that their samples fit the shard rule
+    when gathered."""
+    limit = max(1, samples // shard.count)  # this process's share
     expected = expected_samples(dataset, shard)
     every = 1 if expected is None else max(1, math.ceil(expected / limit))
-    metrics, read = Accumulator(), 0
+    if group.size > 1:
+        every = max(group.all_gather(every))
+    read = 0
     for number, batch in enumerate(epoch_batches(dataset, batch_size, shard)):
         if read >= limit:
             break
         if number % every == 0:
-            engine.eval_step(batch, metrics)
-            metrics.add(sample_id=batch["sample_id"])
+            yield batch
             read += rows(batch)
-    predictions = metrics.arrays() if gather is None else gather(metrics.arrays())
+
+
+def initialize(config, engine, dataset, batch_size, shard, gather, group):
+    """The model's data-dependent initialisation (contract initialize), when it has one, before the
+    first step of a run from scratch: given the numeric one-dimensional columns (labels, sample ids)
+    of a training sample of about INIT_SAMPLES (or runner.recalibration_samples, if fewer)
+    impressions (training_sample), gathered from every process so that each sets the same
+    parameters. Training data without samples is left to the epoch, which says so."""
+    if engine.contract.initialize is None:
+        return
+    metrics = Accumulator()
+    samples = min(INIT_SAMPLES, config["runner.recalibration_samples"])
+    for batch in training_sample(dataset, batch_size, shard, samples, group):
+        metrics.add(**{k: v for k, v in batch.items()
+                       if getattr(v, "ndim", None) == 1 and (v.dtype.kind in "biuf")})
+    _replace_parameters(engine, engine.contract.initialize, metrics.arrays(), gather, "the initialisation")
+
+
+def recalibrate(config, engine, dataset, batch_size, shard, gather, group):
+    """The model's recalibration (contract recalibrate), when it has one: the trained model's
+    predictions on a training sample of about runner.recalibration_samples impressions
+    (training_sample), gathered from every process so that each replaces the same parameters."""
+    if engine.contract.recalibrate is None:
+        return
+    metrics = Accumulator()
+    for batch in training_sample(dataset, batch_size, shard, config["runner.recalibration_samples"], group):
+        engine.eval_step(batch, metrics)
+        metrics.add(sample_id=batch["sample_id"])
+    _replace_parameters(engine, engine.contract.recalibrate, metrics.arrays(), gather, "the recalibration")
+
+
+def _replace_parameters(engine, hook, arrays, gather, what):
+    """The parameters the contract's `hook` (initialize or recalibrate) replaces, given this
+    process's sample `arrays` gathered from every process, set in the engine. Nothing without
+    samples (the epoch that follows says the data has none)."""
+    columns = arrays if gather is None else gather(arrays)
+    if not columns.rows:
+        return
     parameters = engine.parameters()
-    changed = engine.contract.recalibrate(predictions, parameters)
+    changed = hook(columns, parameters)
     if changed:
-        engine.set_parameters({**parameters, **changed}, "the recalibration", "runner.recalibration_samples")
+        engine.set_parameters({**parameters, **changed}, what, "runner.model_dir")
 
 
 def _closing_lines(config, earlier, end, tracker, save_root, run):

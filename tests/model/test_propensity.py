@@ -1,5 +1,6 @@
 """The propensity seam: a propensity given in place of pCTR, shrunk weights, and the balance check,
 each against numpy; the check's warning through tools/infer.py."""
+import gzip
 import json
 
 import numpy as np
@@ -222,3 +223,66 @@ def test_a_trained_checkpoint_s_mean_pctr_is_its_training_click_rate(tmp_path, t
     assert run_tool("infer.py", "-m", config, *overrides, cwd=str(tmp_path)).returncode == 0
     with open(plain / "infer_metrics.jsonl") as f:
         assert abs(json.loads(f.readline())["calibration_ctr"] - 1.0) > 1e-3
+
+
+# ----------------------------------------------------------------------------- the towers' prior
+
+def np_logit(rate):
+    return np.log(rate / (1 - rate))
+
+
+def test_the_ctr_tower_starts_at_the_click_rate_and_the_others_keep_their_start():
+    click = np.array([1, 0, 0, 1, 0, 1, 0, 0, 0, 0, 1, 0], dtype=np.int8)  # 4 of 12
+    # eleven hidden layers: the output layer is towers.t.22, which sorts before towers.t.4 as text
+    parameters = {f"towers.{t}.{k}.bias": np.zeros(1 if k == 22 else 8, np.float32) for t in range(2) for k in (0, 4, 22)}
+    parameters["towers.0.22.weight"] = np.ones((8, 1), np.float32)
+    changed = dygraph_model.ctr_prior_bias({"click": click, "buy": click, "sample_id": np.arange(12)}, parameters)
+    assert list(changed) == ["towers.0.22.bias"]
+    assert changed["towers.0.22.bias"].dtype == np.float32 and changed["towers.0.22.bias"].shape == (1,)
+    assert changed["towers.0.22.bias"][0] == pytest.approx(np_logit(4 / 12), rel=1e-6)
+
+
+def test_a_click_rate_of_0_or_1_leaves_the_ctr_tower_at_one_half(caplog):
+    parameters = {"towers.0.2.bias": np.zeros(1, np.float32)}
+    with caplog.at_level("WARNING", logger="rectools"):
+        assert dygraph_model.ctr_prior_bias({"click": np.zeros(4)}, parameters) == {}
+        assert dygraph_model.ctr_prior_bias({"click": np.ones(3)}, parameters) == {}
+    assert "0 of the 4 training impressions read are clicks: the CTR tower starts at about 0.5" in caplog.text
+    assert "3 of the 3 training impressions read are clicks" in caplog.text
+    with pytest.raises(ValueError, match=r"no output bias of tower 0 \(towers\.0\.\*\.bias\)"):
+        dygraph_model.ctr_prior_bias({"click": np.array([1, 0])}, {"towers.1.2.bias": np.zeros(1, np.float32)})
+
+
+def train_click_rate():
+    """The click rate of the bundled training sample."""
+    with gzip.open(f"{MODEL_DIR}/data/train/part-00000.txt.gz", "rt") as f:
+        return np.mean([int(line.split(",", 2)[1]) for line in f])
+
+
+@pytest.mark.parametrize("tool", ["trainer.py", "static_trainer.py"])
+def test_a_run_from_scratch_starts_the_ctr_tower_at_the_click_rate_and_a_resumed_one_does_not(tmp_path, tool):
+    # learning rate 0 and no recalibration: the checkpoint holds the initialisation itself, and the
+    # epoch's predictions are the initial net's
+    config = f"{MODEL_DIR}/config.yaml"
+    fixed = ["runner.epochs=1", "runner.calibrate_ctr=False", "hyper_parameters.optimizer.learning_rate=0"]
+    trained = run_tool(tool, "-m", config, "-o", f"runner.model_save_path={tmp_path}", *fixed, cwd=str(tmp_path))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "the CTR tower starts at the click rate of 50000 training impressions" in trained.stdout + trained.stderr
+    params = paddle.load(str(tmp_path / "0" / "rec.pdparams"))
+    assert params["towers.0.4.bias"].numpy()[0] == pytest.approx(np_logit(train_click_rate()), abs=1e-5)
+    assert params["towers.1.4.bias"].numpy()[0] == 0  # the CVR tower keeps its start
+    with open(tmp_path / "train_metrics.jsonl") as f:  # set before the first step: the net starts calibrated
+        assert json.loads(f.readline())["calibration_ctr"] == pytest.approx(1.0, abs=0.05)
+    # switched off: the CTR tower starts at about 0.5
+    plain = tmp_path / "plain"
+    trained = run_tool(tool, "-m", config, "-o", f"runner.model_save_path={plain}", *fixed,
+                       "runner.ctr_prior_init=False", cwd=str(tmp_path))
+    assert trained.returncode == 0 and "CTR tower starts" not in trained.stdout + trained.stderr
+    assert paddle.load(str(plain / "0" / "rec.pdparams"))["towers.0.4.bias"].numpy()[0] == 0
+    with open(plain / "train_metrics.jsonl") as f:
+        assert json.loads(f.readline())["calibration_ctr"] > 5
+    # resumed from the checkpoint that started at 0.5: its bias is kept
+    resumed = run_tool(tool, "-m", config, "-o", f"runner.model_save_path={tmp_path / 'resumed'}", *fixed,
+                       "runner.epochs=2", f"runner.model_init_path={plain}/0", cwd=str(tmp_path))
+    assert resumed.returncode == 0 and "CTR tower starts" not in resumed.stdout + resumed.stderr, resumed.stderr[-2000:]
+    assert paddle.load(str(tmp_path / "resumed" / "1" / "rec.pdparams"))["towers.0.4.bias"].numpy()[0] == 0

@@ -19,6 +19,9 @@ from rectools.errors import ConfigError, UserError
 
 TRAIN_BATCH = 700  # 6000 samples: 9 batches, so rank 0 alone holds one in the last round and rank 1 stands in
 INFER_BATCH = 700  # 3000 samples: 5 batches, 3 on rank 0 and 2 on rank 1
+# the model's initialisation and recalibration read 1,000 samples a rank: the first 2 batches of each, then
+# (once the shares are known: 3,200 and 2,800) every 4th batch, on both ranks (alone rank 1 would take every 3rd)
+SAMPLED = 2000
 
 
 def launch(script, *args, cwd, nproc=2):
@@ -55,7 +58,7 @@ def trained(synthetic, tmp_path_factory):
     root = tmp_path_factory.mktemp("fleet")
     common = ["-m", CONFIG, "-o", *data_overrides(synthetic), f"runner.cache_dir={root / 'cache'}",
               f"runner.model_save_path={root / 'out'}", "runner.epochs=2", f"runner.train_batch_size={TRAIN_BATCH}",
-              f"runner.infer_batch_size={INFER_BATCH}", "runner.print_interval=2"]
+              f"runner.infer_batch_size={INFER_BATCH}", "runner.print_interval=2", f"runner.recalibration_samples={SAMPLED}"]
     result = ok(launch("trainer.py", *common, "runner.use_fleet=True", "runner.use_inference=True", cwd=str(root)))
     return root, common, result
 
@@ -72,6 +75,9 @@ def test_two_processes_write_one_global_record_per_epoch_from_rank_0(trained, sy
     for epoch in ("0", "1"):
         assert sorted(os.listdir(root / "out" / epoch)) == ["checkpoint.json", "inference", "rec.pdopt", "rec.pdparams"]
     assert result.stdout.count("parameters identical on all 2 processes") == 2
+    # the samples of both ranks, gathered: 2 batches each, then 1,100 and 700 (the last batch holds 400)
+    assert "the CTR tower starts at the click rate of 2800 training impressions" in result.stdout
+    assert result.stdout.count("pCTR recalibrated on 1800 training impressions") == 2
     rank0, rank1 = worker_log(str(root), "trainer", 0), worker_log(str(root), "trainer", 1)
     assert "epoch: 1 done" in rank0 and "saved checkpoint" in rank0
     assert " - INFO - " not in rank1 and " - WARNING - " not in rank1  # the other ranks are quiet

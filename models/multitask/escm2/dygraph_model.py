@@ -1,6 +1,7 @@
 """The PaddleRec dygraph contract for ESCM2 (rectools.contract.DygraphModel), used by
 tools/trainer.py, tools/infer.py and export."""
 import logging
+import math
 
 import numpy as np
 import paddle
@@ -22,6 +23,8 @@ class DygraphModel(DygraphContract):
         self.config = config  # the propensity floor and the balance tolerance of summarize_metrics
         if not config["runner.calibrate_ctr"]:
             self.recalibrate = None
+        if not config["runner.ctr_prior_init"]:
+            self.initialize = None
         return net.from_config(config)
 
     def create_feeds(self, batch, config):
@@ -58,6 +61,9 @@ class DygraphModel(DygraphContract):
 
     def recalibrate(self, predictions, parameters):
         return recalibrate_ctr(predictions, parameters)
+
+    def initialize(self, columns, parameters):
+        return ctr_prior_bias(columns, parameters)
 
 
 def collect(metrics, batch, pctr, pcvr):
@@ -107,6 +113,47 @@ def ctr_logit_shift(pctr, click, steps=100):
     return 0.5 * (low + high)
 
 
+def output_bias(parameters, tower):
+    """The name of tower `tower`'s output bias [1] (0 CTR, 1 CVR, 2 DR's imputation) among the
+    parameters' names: the bias of the last Linear of towers.<tower>, whichever backbone (by layer
+    number, not as text: layer 10 comes after layer 4). Raises ValueError when there is none."""
+    prefix = f"towers.{tower}."
+    layers = [int(k[len(prefix):-len(".bias")]) for k in parameters
+              if k.startswith(prefix) and k.endswith(".bias") and k[len(prefix):-len(".bias")].isdigit()]
+    if not layers:
+        raise ValueError(f"no output bias of tower {tower} ({prefix}*.bias) among the parameters")
+    return f"{prefix}{max(layers)}.bias"
+
+
+def ctr_prior_bias(columns, parameters):
+    """runner.ctr_prior_init: the CTR tower's output bias set to logit(c), c the click rate of the
+    training sample, so that the fresh net (its other terms near 0 at the initialisation's scale)
+    starts at the click rate, the constant its loss is best at, instead of sigmoid(0) = 0.5 (the
+    "prior" initialisation of Lin et al., ICCV 2017, section 4.1). Started at 0.5 far from its rate
+    (CTR ~0.04 on Ali-CCP), the tower spends its first steps moving its bias while the shared
+    embeddings learn from a loss dominated by that miscalibration: the propensity it gives after two
+    epochs is weaker (docs/bias_study.md: CTR AUC 0.67 -> 0.72 where the selection runs through
+    user x item ids). The CVR tower keeps its start: its base rate over all impressions is what
+    the model is there to estimate, and the clicked impressions' rate is the selection-biased one.
+
+    columns: the training sample's 1-D arrays, "click" (0/1) among them (the others are ignored);
+    parameters: name -> array. Returns {name: new bias, float32 [1]}, or {} (with a warning) when the
+    sample's click rate is 0 or 1. Raises ValueError when the parameters hold no CTR tower output
+    bias, KeyError when the columns hold no "click"."""
+    name = output_bias(parameters, 0)
+    click = np.asarray(columns["click"]) > 0
+    clicks = int(click.sum())
+    if not 0 < clicks < click.size:
+        log.warning("runner.ctr_prior_init: %d of the %d training impressions read are clicks: the CTR tower "
+                    "starts at about 0.5", clicks, click.size)
+        return {}
+    rate = clicks / click.size
+    bias = math.log(rate / (1.0 - rate))
+    log.info("the CTR tower starts at the click rate of %d training impressions, %.4g (output bias %+.4f)",
+             click.size, rate, bias)
+    return {name: np.full_like(parameters[name], bias)}
+
+
 def recalibrate_ctr(predictions, parameters):
     """runner.calibrate_ctr: the CTR tower's output bias [1] shifted by ctr_logit_shift over the
     given training impressions, so that the checkpoint's mean pCTR equals their click rate (Adam's
@@ -114,9 +161,7 @@ def recalibrate_ctr(predictions, parameters):
     untouched. Returns {name: new bias}, or {} (with a warning) when no shift reaches the click rate.
     Raises ValueError when the parameters hold no CTR tower bias (towers.0.*.bias)."""
     pctr, click = predictions["pctr"], predictions["click"]
-    names = [k for k in parameters if k.startswith("towers.0.") and k.endswith(".bias")]
-    if not names:
-        raise ValueError("no CTR tower output bias (towers.0.*.bias) among the parameters")
+    name = output_bias(parameters, 0)
     clicks = int(np.count_nonzero(click))
     delta = ctr_logit_shift(pctr, click)
     if delta is None:
@@ -125,7 +170,7 @@ def recalibrate_ctr(predictions, parameters):
         return {}
     log.info("pCTR recalibrated on %d training impressions: mean pCTR / clicks %.3f -> 1 (CTR logit %+.4f)",
              len(click), float(np.sum(pctr, dtype=np.float64)) / clicks, delta)
-    return {names[-1]: (parameters[names[-1]] + delta).astype(parameters[names[-1]].dtype)}
+    return {name: (parameters[name] + delta).astype(parameters[name].dtype)}
 
 
 def create_optimizer(parameters, config):

@@ -9,7 +9,8 @@ from rectools.contract import StaticGraph
 from rectools.contract import StaticModel as StaticContract
 
 from . import losses, net
-from .dygraph_model import PREDICTIONS, collect, create_optimizer, diagnose, recalibrate_ctr, summarize_metrics
+from .dygraph_model import (PREDICTIONS, collect, create_optimizer, ctr_prior_bias, diagnose, recalibrate_ctr,
+                            summarize_metrics)
 
 
 class StaticModel(StaticContract):
@@ -17,6 +18,8 @@ class StaticModel(StaticContract):
         self.config = config
         if not config["runner.calibrate_ctr"]:
             self.recalibrate = None
+        if not config["runner.ctr_prior_init"]:
+            self.initialize = None
         hp = config.section("hyper_parameters")
         self.shape = [-1, len(hp["fields"]), hp["max_len"], hp["sparse_feature_dim"]]
 
@@ -64,3 +67,6 @@ class StaticModel(StaticContract):
 
     def recalibrate(self, predictions, parameters):
         return recalibrate_ctr(predictions, parameters)
+
+    def initialize(self, columns, parameters):
+        return ctr_prior_bias(columns, parameters)
