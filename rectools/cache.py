@@ -170,6 +170,17 @@ class ArrayCache:
             return None
         return manifest
 
+    def rows(self, sources):
+        """The rows of `sources` together when each has a complete, current entry (whose pass then
+        reads the cache), else None: from their manifests, without reading the data."""
+        total = 0
+        for source in sources:
+            manifest = self.manifest(source)
+            if manifest is None:
+                return None
+            total += manifest["rows"]
+        return total
+
     def _say(self, source, message, *args):
         if source not in self.logged:
             self.logged.add(source)

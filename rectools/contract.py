@@ -68,8 +68,10 @@ class Reader(ABC):
 
     def size(self) -> Optional[int]:
         """Optional: the samples of one pass (int), when known cheaply (e.g. from parsed files'
-        cache entries), else None, which this default returns. Only progress lines use it, for an
-        ETA in a pass of which no earlier pass was seen; it must never read the data to find out."""
+        cache entries), else None, which this default returns. In a pass of which no earlier pass
+        was seen, progress lines use it for an ETA, and the model's initialisation and
+        recalibration to spread their sample over the data (rectools.loops.training_sample); it
+        must never read the data to find out."""
         return None
 
 

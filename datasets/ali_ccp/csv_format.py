@@ -175,6 +175,10 @@ class ColumnCsvReader(Reader):
         """The field sizes the ids are numbered by (rectools.contract.Reader.layout)."""
         return {f"size of field {f}": n for f, n in zip(self.fields, self.sizes.tolist())}
 
+    def size(self):
+        """The rows of a pass, once every file's cache entry holds them (rectools.contract.Reader.size)."""
+        return self.cache.rows(self.file_list)
+
     def _parsed(self, path, summary):
         """Generator of the file's parsed blocks (from its cache entry, else its text); once the
         file is done, its summary (parse_file's) goes into the dict `summary`."""

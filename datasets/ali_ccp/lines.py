@@ -66,6 +66,10 @@ class LinesReader(Reader):
             narrow={"ids": cache.narrowest(self.vocab - 1), "click": np.int8, "buy": np.int8}, limit=cache_limit)
         self.reported = set()  # files whose drop counts were logged: once per file, not per epoch
 
+    def size(self):
+        """The lines of a pass, once every file's cache entry holds them (rectools.contract.Reader.size)."""
+        return self.cache.rows(self.file_list)
+
     def chunks(self):
         for path in self.file_list:
             counts = yield from self.cache.chunks(path, self.parse_file, self.chunk_lines)

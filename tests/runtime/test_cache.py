@@ -172,3 +172,14 @@ def test_entries_of_files_that_are_gone_are_pruned(tmp_path):
     read_all(dataset([write_lines(str(tmp_path / "data" / "new.txt"), lines(5))], tmp_path / "cache"))
     names = sorted(name.split(".")[0] for name in os.listdir(tmp_path / "cache"))
     assert names == ["kept", "new"]
+
+
+def test_the_reader_knows_its_size_once_every_file_is_cached(tmp_path):
+    first, second = write_lines(str(tmp_path / "a.txt"), lines(30)), write_lines(str(tmp_path / "b.txt"), lines(12, 30))
+    assert dataset([first, second], tmp_path / "cache").size() is None  # nothing parsed yet
+    read_all(dataset([first], tmp_path / "cache"))
+    assert dataset([first], tmp_path / "cache").size() == 30
+    assert dataset([first, second], tmp_path / "cache").size() is None  # one file not cached yet
+    read_all(dataset([first, second], tmp_path / "cache"))
+    assert dataset([first, second], tmp_path / "cache").size() == 42
+    assert dataset([first, second], "none").size() is None  # no cache: unknown

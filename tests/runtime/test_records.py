@@ -80,9 +80,9 @@ class SizedReader:
 
 
 def test_progress_comes_after_a_few_batches_with_an_eta_when_the_size_is_known(synthetic, caplog):
-    config = model_config([*data_overrides(synthetic), "runner.print_interval=1000"])
+    config = model_config([*data_overrides(synthetic), "runner.print_interval=1000", "runner.cache_dir=none"])
     package = model_loader.import_model_package(MODEL_DIR)
-    plain = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")
+    plain = reader(config, package, "runner.train_data_dir", "runner.train_reader_path")  # uncached: no size()
     engine = engines.DygraphEngine(config, package, train=True)
 
     def progress_lines(dataset, epoch):
