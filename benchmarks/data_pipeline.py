@@ -38,7 +38,8 @@ CONFIG = os.path.join(REPO, "models", "multitask", "escm2", "config.yaml")
 GENERATOR = os.path.join(REPO, "datasets", "synthetic", "generate.py")
 COMMON = ["hyper_parameters.sparse_feature_number=737946", "hyper_parameters.max_len=3",
           "hyper_parameters.sparse_feature_dim=12", "runner.train_batch_size=1024", "runner.epochs=2",
-          "runner.print_interval=100000", "runner.counterfact_mode=DR"]
+          "runner.print_interval=100000", "runner.counterfact_mode=DR",
+          "runner.ctr_prior_init=False"]  # whose pass over the data would parse the text before epoch 0
 NETS = {"mmoe": ["hyper_parameters.backbone=mmoe", "hyper_parameters.interaction=none", "hyper_parameters.expert_num=8",
                  "hyper_parameters.expert_size=16",
                  "hyper_parameters.tower_size=8"],

@@ -68,10 +68,8 @@ class Reader(ABC):
 
     def size(self) -> Optional[int]:
         """Optional: the samples of one pass (int), when known cheaply (e.g. from parsed files'
-        cache entries), else None, which this default returns. In a pass of which no earlier pass
-        was seen, progress lines use it for an ETA, and the model's initialisation and
-        recalibration to spread their sample over the data (rectools.loops.training_sample); it
-        must never read the data to find out."""
+        cache entries), else None, which this default returns. Progress lines use it for an ETA in
+        a pass of which no earlier pass was seen; it must never parse the data to find out."""
         return None
 
 
@@ -116,9 +114,10 @@ class DygraphModel(ABC):
     # Optional: initialize(columns, parameters) -> {name: new array}. Before the first step of a run
     # from scratch (not a resumed one), the parameters to replace, given the numeric one-dimensional
     # columns (labels, sample ids: name -> 1-D array) of a sample of the training data's batches
-    # (about rectools.loops.INIT_SAMPLES impressions, or runner.recalibration_samples if fewer; with
-    # several processes the union of theirs, the same on each) and the fresh parameters. Not called
-    # when the training data has no samples. None: no data read for it.
+    # spread over a whole pass (rectools.loops.spread_sample: about INIT_SAMPLES impressions, or
+    # runner.recalibration_samples if fewer; with several processes the union of theirs, the same on
+    # each) and the fresh parameters. Not called when the training data has no samples. None: no
+    # data read for it.
     initialize: Optional[Callable[[Mapping, Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None
 
 

@@ -229,12 +229,12 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
 
 
 def training_sample(dataset, batch_size, shard, samples, group):
-    """The batches of this shard of the training data that the model's initialisation and
-    recalibration read: every k-th batch, k so that about `samples` (whole batches, up to one more
-    per process) are read by all processes together; while the data's size is not known, its first
-    batches up to that number. k is the same on every process of `group` (the largest of theirs:
-    their shares of the data differ by up to a batch), so that their samples fit the shard rule
-    when gathered."""
+    """The batches of this shard of the training data that the model's recalibration reads: every
+    k-th batch, k so that about `samples` (whole batches, up to one more per process) are read by
+    all processes together, from the size of the previous pass (or the reader's size()); while
+    neither is known, its first batches up to that number. k is the same on every process of
+    `group` (the largest of theirs: their shares of the data differ by up to a batch), so that
+    their samples fit the shard rule when gathered."""
     limit = max(1, samples // shard.count)  # this process's share
     expected = expected_samples(dataset, shard)
     every = 1 if expected is None else max(1, math.ceil(expected / limit))
@@ -249,20 +249,45 @@ def training_sample(dataset, batch_size, shard, samples, group):
             read += rows(batch)
 
 
+def spread_sample(dataset, batch_size, shard, samples, group):
+    """The one-dimensional numeric columns (labels, sample ids) of every k-th batch of this shard
+    over a whole pass of the training data, k the smallest power of 2 that keeps at most
+    ceil(samples / (processes x batch_size)) batches a process: the stride doubles whenever the
+    batches kept exceed that (every 2k-th batch is among every k-th), so the sample depends on the
+    data alone, not on its order or on what is cached. k is the largest of the processes' (their
+    shares differ by up to a batch), so that their samples fit the shard rule when gathered.
+    Returns an Accumulator of the kept rows."""
+    limit = max(1, math.ceil(samples / (shard.count * batch_size)))
+    stride, kept = 1, []
+    for number, batch in enumerate(epoch_batches(dataset, batch_size, shard)):
+        if number % stride:
+            continue
+        kept.append((number, {k: v for k, v in batch.items()
+                              if getattr(v, "ndim", None) == 1 and v.dtype.kind in "biuf"}))
+        if len(kept) > limit:
+            stride *= 2
+            kept = [(n, b) for n, b in kept if n % stride == 0]
+    if group.size > 1:
+        stride = max(group.all_gather(stride))
+    sample = Accumulator()
+    for number, columns in kept:
+        if number % stride == 0:
+            sample.add(**columns)
+    return sample
+
+
 def initialize(config, engine, dataset, batch_size, shard, gather, group):
     """The model's data-dependent initialisation (contract initialize), when it has one, before the
-    first step of a run from scratch: given the numeric one-dimensional columns (labels, sample ids)
-    of a training sample of about INIT_SAMPLES (or runner.recalibration_samples, if fewer)
-    impressions (training_sample), gathered from every process so that each sets the same
-    parameters. Training data without samples is left to the epoch, which says so."""
+    first step of a run from scratch: given the spread_sample of about INIT_SAMPLES (or
+    runner.recalibration_samples, if fewer) impressions, gathered from every process so that each
+    sets the same parameters. It reads a whole pass of the training data (the first writes the
+    parse cache, which epoch 0 then reads). Training data without samples is left to the epoch,
+    which says so."""
     if engine.contract.initialize is None:
         return
-    metrics = Accumulator()
-    samples = min(INIT_SAMPLES, config["runner.recalibration_samples"])
-    for batch in training_sample(dataset, batch_size, shard, samples, group):
-        metrics.add(**{k: v for k, v in batch.items()
-                       if getattr(v, "ndim", None) == 1 and (v.dtype.kind in "biuf")})
-    _replace_parameters(engine, engine.contract.initialize, metrics.arrays(), gather, "the initialisation")
+    log.info("reading the training data once for the model's initialisation")
+    sample = spread_sample(dataset, batch_size, shard, min(INIT_SAMPLES, config["runner.recalibration_samples"]), group)
+    _replace_parameters(engine, engine.contract.initialize, sample.arrays(), gather, "the initialisation")
 
 
 def recalibrate(config, engine, dataset, batch_size, shard, gather, group):

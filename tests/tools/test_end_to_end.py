@@ -90,7 +90,7 @@ def test_bad_data_exits_2_naming_file_and_line_and_saves_nothing(tmp_path):
     data = write_lines(str(tmp_path / "data" / "part-0.txt"), good + ["9000,0,1,101:3"])  # batches train first
     result = run_tool("trainer.py", "-m", CONFIG, "-o", f"runner.train_data_dir={tmp_path / 'data'}",
                       f"runner.model_save_path={tmp_path / 'out'}", "runner.train_batch_size=256",
-                      "runner.print_interval=2", "runner.recalibration_samples=1000",  # the CTR prior reads 4 batches
+                      "runner.print_interval=2", "runner.ctr_prior_init=False",  # whose pass would meet it first
                       cwd=str(tmp_path))
     assert result.returncode == 2
     assert "epoch: 0, batch_id: 10," in result.stdout

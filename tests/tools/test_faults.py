@@ -65,7 +65,7 @@ def trainer_during_first_pass(data, cwd, cache):
     process = subprocess.Popen([sys.executable, "-u", os.path.join(REPO, "tools", "trainer.py"), "-m", CONFIG, "-o",
                                 f"runner.train_data_dir={data}", f"runner.cache_dir={cache}",
                                 "runner.model_save_path=out", "runner.train_batch_size=8", "runner.print_interval=1",
-                                "runner.recalibration_samples=16",  # the CTR prior reads 2 batches, not the file
+                                "runner.ctr_prior_init=False",  # whose pass would parse the text first
                                 *REAL], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:
         if "batch_id: 3," in line:

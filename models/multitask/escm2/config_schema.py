@@ -66,9 +66,8 @@ KEYS = [
         "training impressions (at most runner.recalibration_samples of them): intercept-only Platt scaling"),
     Key("runner.ctr_prior_init", "bool", True,
         "before the first step of a run from scratch set the CTR tower's output bias to the log-odds of the click "
-        "rate of about 100,000 training impressions (every k-th batch of the data once its parse cache is there; "
-        "on a first pass, the first ones), so that it starts at the click rate, not at 0.5 (a better propensity, "
-        "docs/bias_study.md)"),
+        "rate of about 100,000 training impressions (every k-th batch of one pass over the data, which also writes "
+        "its parse cache), so that it starts at the click rate, not at 0.5 (a better propensity, docs/bias_study.md)"),
     Key("runner.balance_tolerance", "float", 0.2,
         "the balance check (infer): a decile of pCVR or pCTR whose 1/pCTR-weighted clicks per impression are "
         "off 1 by more than this (and by more than 4 standard errors under a right propensity) fails it, with a warning", minimum=0),

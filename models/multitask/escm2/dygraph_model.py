@@ -127,7 +127,7 @@ def output_bias(parameters, tower):
 
 def ctr_prior_bias(columns, parameters):
     """runner.ctr_prior_init: the CTR tower's output bias set to logit(c), c the click rate of the
-    training sample, so that the fresh net (its other terms near 0 at the initialisation's scale)
+    training sample (rectools.loops.spread_sample), so that the fresh net (its other terms near 0 at the initialisation's scale)
     starts at the click rate, the constant its loss is best at, instead of sigmoid(0) = 0.5 (the
     "prior" initialisation of Lin et al., ICCV 2017, section 4.1). Started at 0.5 far from its rate
     (CTR ~0.04 on Ali-CCP), the tower spends its first steps moving its bias while the shared
