@@ -31,7 +31,8 @@ RUNNER_KEYS = [
     Key("runner.recalibration_samples", "int", 1_000_000,
         "the most training impressions read for the model's recalibration at each epoch's end (every k-th "
         "batch, over all processes), where the model has one (contract recalibrate); its initialisation from "
-        "the data (contract initialize) keeps about 100,000 (every k-th batch of a whole pass), or this many if fewer", minimum=1),
+        "the data (contract initialize) keeps about 100,000 (every k-th batch of a whole pass), or this many if "
+        "fewer", minimum=1),
     Key("runner.seed", "int", 2022, "seed of parameter initialisation", minimum=0, maximum=2 ** 32 - 1),
     Key("runner.model_save_path", "path", "output_model",
         "checkpoints go to <model_save_path>/<epoch>/, metrics to <model_save_path>/*_metrics.jsonl"),

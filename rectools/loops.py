@@ -286,7 +286,8 @@ def initialize(config, engine, dataset, batch_size, shard, gather, group):
     if engine.contract.initialize is None:
         return
     log.info("reading the training data once for the model's initialisation")
-    sample = spread_sample(dataset, batch_size, shard, min(INIT_SAMPLES, config["runner.recalibration_samples"]), group)
+    samples = min(INIT_SAMPLES, config["runner.recalibration_samples"])
+    sample = spread_sample(dataset, batch_size, shard, samples, group)
     _replace_parameters(engine, engine.contract.initialize, sample.arrays(), gather, "the initialisation")
 
 

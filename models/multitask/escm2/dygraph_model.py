@@ -2,6 +2,7 @@
 tools/trainer.py, tools/infer.py and export."""
 import logging
 import math
+import re
 
 import numpy as np
 import paddle
@@ -117,23 +118,22 @@ def output_bias(parameters, tower):
     """The name of tower `tower`'s output bias [1] (0 CTR, 1 CVR, 2 DR's imputation) among the
     parameters' names: the bias of the last Linear of towers.<tower>, whichever backbone (by layer
     number, not as text: layer 10 comes after layer 4). Raises ValueError when there is none."""
-    prefix = f"towers.{tower}."
-    layers = [int(k[len(prefix):-len(".bias")]) for k in parameters
-              if k.startswith(prefix) and k.endswith(".bias") and k[len(prefix):-len(".bias")].isdigit()]
+    pattern = re.compile(rf"towers\.{tower}\.(\d+)\.bias")
+    layers = [int(m.group(1)) for m in map(pattern.fullmatch, parameters) if m]
     if not layers:
-        raise ValueError(f"no output bias of tower {tower} ({prefix}*.bias) among the parameters")
-    return f"{prefix}{max(layers)}.bias"
+        raise ValueError(f"no output bias of tower {tower} (towers.{tower}.*.bias) among the parameters")
+    return f"towers.{tower}.{max(layers)}.bias"
 
 
 def ctr_prior_bias(columns, parameters):
     """runner.ctr_prior_init: the CTR tower's output bias set to logit(c), c the click rate of the
-    training sample (rectools.loops.spread_sample), so that the fresh net (its other terms near 0 at the initialisation's scale)
-    starts at the click rate, the constant its loss is best at, instead of sigmoid(0) = 0.5 (the
-    "prior" initialisation of Lin et al., ICCV 2017, section 4.1). Started at 0.5 far from its rate
-    (CTR ~0.04 on Ali-CCP), the tower spends its first steps moving its bias while the shared
-    embeddings learn from a loss dominated by that miscalibration: the propensity it gives after two
-    epochs is weaker (docs/bias_study.md: CTR AUC 0.67 -> 0.72 where the selection runs through
-    user x item ids). The CVR tower keeps its start: its base rate over all impressions is what
+    training sample (rectools.loops.spread_sample), so that the fresh net (its other terms near 0 at
+    the initialisation's scale) starts at the click rate, the constant its loss is best at, instead
+    of sigmoid(0) = 0.5 (the "prior" initialisation of Lin et al., ICCV 2017, section 4.1). Started
+    at 0.5 far from its rate (CTR ~0.04 on Ali-CCP), the tower spends its first steps moving its bias
+    while the shared embeddings learn from a loss dominated by that miscalibration: the propensity
+    it gives after two epochs is weaker (docs/bias_study.md: CTR AUC 0.67 -> 0.72 where the
+    selection runs through user x item ids). The CVR tower keeps its start: its base rate over all impressions is what
     the model is there to estimate, and the clicked impressions' rate is the selection-biased one.
 
     columns: the training sample's 1-D arrays, "click" (0/1) among them (the others are ignored);
