@@ -49,6 +49,11 @@ RUNNER_KEYS = [
     Key("runner.early_stop_metric", "str", "loss",
         "figure of the validation split that decides the best epoch: loss, a loss term (*_loss) or logloss_* "
         "(lower is better), auc_* (higher is better)"),
+    Key("runner.propensity_file", "path", None,
+        "CSV of each training impression's propensity (header: sample_id and propensity, or the pctr column "
+        "tools/predict.py writes), which the model's counterfactual risks divide by instead of its own pCTR: "
+        "e.g. a separately trained CTR model's predictions on the training folder; every training sample_id "
+        "needs one; null: the model's own pCTR"),
     Key("runner.model_init_path", "path", None,
         "checkpoint folder to start from (e.g. output_model/1): parameters, and optimizer state when present"),
     Key("runner.infer_load_path", "path", None, "where infer finds the checkpoints; default: model_save_path"),

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 
-from . import checkpoint, early_stopping, records
+from . import checkpoint, early_stopping, propensity, records
 from .data import epoch_batches, no_samples, reader, rows
 from .distributed import LOCAL
 from .engines import ENGINES
@@ -158,6 +158,7 @@ def train(config, package, mode="dygraph", shard=None, gather=None, group=LOCAL,
     dataset, engine, batch_size, shard, gather = _prepare(config, package, mode, group, shard, gather, train=True,
                                                           dataset=dataset)
     dataset, dev = early_stopping.splits(config, package, dataset)
+    dataset = propensity.attach(config, dataset)  # the training side only: a validation split is judged as infer is
     if dev is not None and dev.file_list != dataset.file_list:  # a held-out split reads the files checked already
         group.check_data(dev.file_list)
     save_root = output_folder(config, claim=group.main)  # first: it recovers an epoch a killed run was replacing

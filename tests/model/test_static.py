@@ -23,6 +23,8 @@ def batches(config, seed=0, size=64):
         click = (rng.uniform(size=size) < (0.3 if len(out) != 2 else 0.0)).astype(np.int64)
         buy = click * (rng.uniform(size=size) < 0.4)
         out.append({"ids": ids, "click": click, "buy": buy.astype(np.int64)})
+        if config["runner.propensity_file"] is not None:  # the batches of a run given its propensities
+            out[-1]["propensity"] = rng.uniform(0.001, 1.0, size).astype(np.float32)
     return out
 
 
@@ -49,6 +51,9 @@ def trajectory(engine, data):
                                         "hyper_parameters.dr_imputation=label"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.interaction=fm",
                                         "hyper_parameters.backbone=mmoe"],
+                                       ["runner.counterfact_mode=IPW", "runner.propensity_file=given.csv"],
+                                       ["runner.counterfact_mode=DR", "runner.propensity_file=given.csv",
+                                        "hyper_parameters.ipw_normalization=self"],
                                        ["runner.counterfact_mode=IPW", "hyper_parameters.optimizer.class=sgd",
                                         "hyper_parameters.optimizer.learning_rate=0.05"]])
 def test_static_training_follows_dygraph_step_for_step(overrides):

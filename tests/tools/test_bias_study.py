@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import paddle
 import pytest
 
 from conftest import MODEL_DIR, REPO, documented_reference, run_tool, tool_module
@@ -103,18 +104,47 @@ def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_
     table = (tmp_path / "results.md").read_text()
     assert "| rho0 | " in table and "| SNIPS+oracle |" in table and "IEB rel. (train)" in table
     assert "| warned | " in table and "| not warned | " in table
-    # the oracle reader hands the CVR risks each impression's true CTR, found by its sample id
-    from rectools import model_loader
-    from rectools.data import epoch_batches, reader
+    # the oracle run was given each impression's true CTR through runner.propensity_file
+    from rectools.propensity import Propensities
     from studies.bias import bias_study as study
-    config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"),
-                                        [f"runner.train_data_dir={folder}/train", "runner.cache_dir=none"])
     truth = study.read_truth(str(folder / "truth" / "train.csv"))
-    oracle = study.PropensityReader(reader(config, package, "runner.train_data_dir", "runner.train_reader_path"),
-                                     truth["sample_id"], truth["true_ctr"], "the truth file")
-    batch = next(epoch_batches(oracle, 1000))
-    expected = truth["true_ctr"][np.searchsorted(truth["sample_id"], batch["sample_id"])]
-    np.testing.assert_allclose(batch["propensity"], expected, rtol=1e-6)
+    given = Propensities(str(tmp_path / "runs" / "rho0" / "mlp-SNIPS+oracle-seed1.propensity.csv"))
+    np.testing.assert_allclose(given.lookup(truth["sample_id"].astype(np.int64), ["train"]), truth["true_ctr"],
+                               rtol=1e-6)
+
+
+def test_the_separate_arm_gives_the_pctr_of_an_early_stopped_ctr_model_in_either_graph_mode(tmp_path):
+    runs = small_suite(tmp_path, "suite.separate=true", "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS",
+                       "suite.graph_mode=static",
+                       "suite.separate_overrides=[runner.epochs=3, runner.dev_fraction=0.2, "
+                       "runner.early_stop_patience=1, runner.early_stop_metric=auc_ctr]")
+    assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+separate"] and runs["SNIPS+separate"]["mode"] == "IPW"
+    assert runs["SNIPS+separate"]["ieb"] != runs["SNIPS"]["ieb"]  # same seed: only the propensity differs
+    assert "| SNIPS+separate |" in (tmp_path / "results.md").read_text()
+    from rectools import early_stopping, model_loader
+    from rectools.propensity import Propensities
+    from studies.bias import bias_study as study
+    folder = tmp_path / "data" / "rho0" / "synthetic"
+    truth = study.read_truth(str(folder / "truth" / "train.csv"))
+    with open(folder / "meta.json") as f:
+        meta = json.load(f)
+    model_dir = tmp_path / "separate" / "rho0" / "mlp-seed1" / "model"
+    with open(model_dir / "train_metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert "cvr_loss" not in records[0] and "dev_auc_ctr" in records[0]  # ESMM, judged on its held-out fifth
+    best = early_stopping.read_best(str(model_dir))["epoch"]
+    config, package = model_loader.load(os.path.join(MODEL_DIR, "config.yaml"), [
+        "hyper_parameters.ctr_fc_sizes=[32]", "hyper_parameters.cvr_fc_sizes=[32]", "hyper_parameters.max_len=6",
+        f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}", "runner.use_inference=False",
+        f"runner.model_save_path={model_dir}", f"runner.infer_start_epoch={best}",
+        f"runner.infer_end_epoch={best + 1}"])
+    try:
+        _, predicted = study.predictions_of(config, package, "static", f"{folder}/train", truth, quiet=True)
+    finally:
+        paddle.disable_static()
+    given = Propensities(str(tmp_path / "runs" / "rho0" / "mlp-SNIPS+separate-seed1.propensity.csv"))
+    np.testing.assert_allclose(given.lookup(truth["sample_id"].astype(np.int64), ["train"]), predicted["pctr"],
+                               rtol=1e-6)
 
 
 def test_a_run_with_a_validation_split_is_judged_by_its_best_epoch(tmp_path):

@@ -106,3 +106,7 @@ def validate(config):
     for key in ("hyper_parameters.ctr_fc_sizes", "hyper_parameters.cvr_fc_sizes"):
         if any(size < 1 for size in config[key]):
             raise ConfigError(f"{config.path}: {key} must list positive sizes, got {config[key]}")
+    if config["runner.propensity_file"] is not None and config["runner.counterfact_mode"] not in PROPENSITY_MODES:
+        raise ConfigError(f"{config.path}: runner.propensity_file is set, but counterfact_mode "
+                          f"{config['runner.counterfact_mode']} divides by no propensity: use "
+                          f"{' or '.join(PROPENSITY_MODES)}, or unset it")

@@ -46,7 +46,7 @@ class DygraphModel(DygraphContract):
         uniq, inverse, click, buy = self.create_feeds(batch, config)
         outputs = dy_model(uniq, inverse)
         collect(metrics, batch, outputs[0].numpy(), outputs[1].numpy())
-        # a batch may bring its own propensity [B] (the bias study's oracle arm: the true CTR)
+        # a training batch may bring its own propensity [B] (runner.propensity_file)
         propensity = batch.get("propensity")
         if propensity is not None:
             propensity = paddle.to_tensor(propensity, dtype="float32")

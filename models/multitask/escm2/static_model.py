@@ -32,20 +32,29 @@ class StaticModel(StaticContract):
 
     def feed(self, batch):
         uniq, inverse = net.distinct_ids(batch["ids"], self.config["hyper_parameters.sparse_feature_number"])
-        return {"uniq": uniq, "inverse": inverse.reshape(-1),
+        feed = {"uniq": uniq, "inverse": inverse.reshape(-1),
                 "click": batch["click"].astype("float32"), "buy": batch["buy"].astype("float32")}
+        if "propensity" in batch:  # a training batch of runner.propensity_file
+            feed["propensity"] = batch["propensity"].astype("float32")
+        return feed
 
     def net(self, feeds):
-        """Fetches: the loss terms and pctr, pcvr [B]."""
+        """Fetches: the loss terms and pctr, pcvr [B]. With runner.propensity_file the training program
+        also feeds propensity float32 [B], which the CVR risks divide by instead of pCTR."""
+        given = None
+        if self.config["runner.propensity_file"] is not None:
+            given = paddle.static.data("propensity", [-1], "float32")
+        return self.infer_net(feeds, given)
+
+    def infer_net(self, feeds, propensity=None):
+        """As net, the CVR risks dividing by pCTR (evaluation batches bring no propensity)."""
         layer = net.from_config(self.config)
         embedded, rows = static_sparse.lookup(layer.embedding.weight, feeds["uniq"], feeds["inverse"])
         outputs = layer.heads(embedded.reshape(self.shape))
-        terms = losses.objective(outputs, feeds["click"], feeds["buy"], self.config)
+        terms = losses.objective(outputs, feeds["click"], feeds["buy"], self.config, propensity)
         return StaticGraph(fetches={**terms, **dict(zip(PREDICTIONS, outputs))},
                            parameters=dict(layer.named_parameters()),
                            state={"layer": layer, "rows": rows, "uniq": feeds["uniq"]})
-
-    infer_net = net
 
     def create_optimizer(self, graph):
         layer, hp = graph.state["layer"], self.config.section("hyper_parameters")

@@ -1,0 +1,87 @@
+"""runner.propensity_file's reading: the join by sample_id and every way a file can be wrong."""
+import numpy as np
+import pytest
+
+from rectools.errors import ConfigError, DataError, UserError
+from rectools.propensity import Propensities, WithPropensity
+
+
+def write(tmp_path, text, name="propensity.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_predictions_of_tools_predict_serve_as_they_are_and_join_by_sample_id(tmp_path):
+    path = write(tmp_path, "sample_id,pctr,pcvr,pctcvr\n30,0.25,0.5,0.125\n10,0.5,0.1,0.05\n20,1,0.1,0.1\n")
+    propensities = Propensities(path)
+    assert propensities.column == "pctr" and len(propensities) == 3
+    np.testing.assert_array_equal(propensities.lookup(np.array([20, 30, 10, 30]), ["data"]),
+                                  np.array([1.0, 0.25, 0.5, 0.25], np.float32))
+
+
+def test_a_propensity_column_is_preferred_to_pctr_and_ids_stay_exact_beyond_float_precision(tmp_path):
+    big = 2 ** 62 + 1  # not a float64
+    path = write(tmp_path, f"pctr,sample_id,propensity\n0.9,{big},0.125\r\n0.9,{big - 1},0.5\r\n")
+    propensities = Propensities(path)
+    assert propensities.column == "propensity"
+    assert propensities.lookup(np.array([big, big - 1]), ["data"]).tolist() == [0.125, 0.5]
+
+
+class Chunks:
+    file_list = ["a.txt"]
+
+    def chunks(self):
+        yield {"sample_id": np.array([2, 1]), "click": np.array([1, 0])}
+        yield {"sample_id": np.array([3]), "click": np.array([0])}
+
+    def layout(self):
+        return {"kept": True}
+
+    def size(self):
+        return 3
+
+
+def test_a_reader_with_propensities_adds_the_column_and_is_otherwise_the_reader(tmp_path):
+    reader = WithPropensity(Chunks(), Propensities(write(tmp_path, "sample_id,propensity\n1,0.5\n2,0.25\n3,1\n")))
+    chunks = list(reader.chunks())
+    assert [c["propensity"].tolist() for c in chunks] == [[0.25, 0.5], [1.0]]
+    assert chunks[0]["click"].tolist() == [1, 0] and reader.layout() == {"kept": True} and reader.size() == 3
+
+
+def test_a_training_impression_without_a_propensity_is_named(tmp_path):
+    reader = WithPropensity(Chunks(), Propensities(write(tmp_path, "sample_id,propensity\n1,0.5\n2,0.25\n")))
+    with pytest.raises(UserError, match=r"propensity\.csv has no propensity for sample_id 3 of a\.txt"):
+        list(reader.chunks())
+
+
+@pytest.mark.parametrize("body, line, message", [
+    ("1,0.5\n2,0\n", 3, "propensity '0' is not a probability in (0, 1]"),
+    ("1,0.5\n2,1.5\n", 3, "propensity '1.5' is not a probability in (0, 1]"),
+    ("1,nan\n", 2, "propensity 'nan' is not a probability"),
+    ("1,high\n", 2, "propensity 'high' is not a probability"),
+    ("1,0.5,7\n", 2, "3 columns, the header has 2"),
+    ("1,0.5\n\n2,0.5\n", 3, "1 columns, the header has 2"),
+    ("1.5,0.5\n", 2, "sample_id '1.5' is not an integer"),
+    ("7,0.5\n8,0.5\n7,0.25\n", 4, "sample_id 7 again (line 2 has it)"),
+])
+def test_a_bad_line_is_named_by_file_and_line(tmp_path, body, line, message):
+    path = write(tmp_path, "sample_id,propensity\n" + body)
+    with pytest.raises(DataError) as error:
+        Propensities(path)
+    assert (error.value.path, error.value.line_no) == (path, line) and message in error.value.message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sample_id,pcvr\n1,0.5\n", "the header needs sample_id and one of propensity, pctr"),
+    ("id,propensity\n1,0.5\n", "the header needs sample_id"),
+    ("sample_id,propensity\n", "holds no propensities"),
+])
+def test_a_file_without_the_columns_or_any_value_is_refused(tmp_path, text, message):
+    with pytest.raises(ConfigError, match="runner.propensity_file: .*" + message):
+        Propensities(write(tmp_path, text))
+
+
+def test_a_missing_file_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=f"runner.propensity_file: cannot read {tmp_path}/none.csv"):
+        Propensities(str(tmp_path / "none.csv"))
