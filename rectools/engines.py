@@ -112,6 +112,7 @@ class StaticEngine:
             if train:
                 self.contract.create_optimizer(self.graph)
         self.names = {key: p.name for key, p in self.graph.parameters.items()}
+        self._feed_names = {}  # program -> the names it feeds
         self.evaluation = None if train else (self.program, self.graph)  # a trainer's is built when first used
         self.place = place(config)
         self.executor = paddle.static.Executor(self.place)
@@ -133,7 +134,11 @@ class StaticEngine:
 
     def _run(self, program, graph, batch, metrics):
         names = list(graph.fetches)
-        values = self.executor.run(program, feed=self.contract.feed(batch), fetch_list=[graph.fetches[n] for n in names])
+        if program not in self._feed_names:  # a training batch may carry what the evaluation program does not read
+            self._feed_names[program] = {op.attrs()["name"] for op in program.global_block().ops
+                                         if op.name() == "pd_op.data"}
+        feed = {k: v for k, v in self.contract.feed(batch).items() if k in self._feed_names[program]}
+        values = self.executor.run(program, feed=feed, fetch_list=[graph.fetches[n] for n in names])
         return self.contract.collect(metrics, batch, dict(zip(names, values)))
 
     def _evaluation_program(self):

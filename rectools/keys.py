@@ -50,10 +50,12 @@ RUNNER_KEYS = [
         "figure of the validation split that decides the best epoch: loss, a loss term (*_loss) or logloss_* "
         "(lower is better), auc_* (higher is better)"),
     Key("runner.propensity_file", "path", None,
-        "CSV of each training impression's propensity (header: sample_id and propensity, or the pctr column "
-        "tools/predict.py writes), which the model's counterfactual risks divide by instead of its own pCTR: "
-        "e.g. a separately trained CTR model's predictions on the training folder; every training sample_id "
-        "needs one; null: the model's own pCTR"),
+        "CSV (.gz too) of each training impression's propensity, which the model's counterfactual risks divide by "
+        "instead of its own pCTR (then floored and shrunk alike): header with sample_id and propensity, or the pctr "
+        "column tools/predict.py writes (propensity wins when both are there); one line per sample_id, every training "
+        "sample_id covered, values in (0, 1]; e.g. a separately trained CTR model's predictions on the training "
+        "folder (README); training only (validation, infer, export and predict weigh by pCTR); null: the model's own "
+        "pCTR"),
     Key("runner.model_init_path", "path", None,
         "checkpoint folder to start from (e.g. output_model/1): parameters, and optimizer state when present"),
     Key("runner.infer_load_path", "path", None, "where infer finds the checkpoints; default: model_save_path"),

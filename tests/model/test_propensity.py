@@ -138,6 +138,9 @@ def test_the_check_matches_numpy():
     assert shrunk["ipw_ess_share"] == pytest.approx(w.sum() ** 2 / np.sum(w ** 2) / click.sum(), rel=1e-6)
     assert shrunk["ipw_max_weight_share"] == pytest.approx(w.max() / w.sum(), rel=1e-6)
     assert shrunk["balance_pcvr"] == report["balance_pcvr"] and shrunk["balance_failed"] == report["balance_failed"]
+    # a given propensity (runner.propensity_file) is what the check reads, weights and deciles alike
+    given = balance.balance_report({"pctr": true_ctr, "pcvr": pcvr, "click": click, "propensity": pctr}, 0.01, 0.05)
+    assert given == report
 
 
 def test_a_correct_propensity_passes_and_one_blind_to_the_selection_warns():

@@ -61,9 +61,13 @@ def test_a_training_impression_without_a_propensity_is_named(tmp_path):
     ("1,nan\n", 2, "propensity 'nan' is not a probability"),
     ("1,high\n", 2, "propensity 'high' is not a probability"),
     ("1,0.5,7\n", 2, "3 columns, the header has 2"),
-    ("1,0.5\n\n2,0.5\n", 3, "1 columns, the header has 2"),
-    ("1.5,0.5\n", 2, "sample_id '1.5' is not an integer"),
-    ("7,0.5\n8,0.5\n7,0.25\n", 4, "sample_id 7 again (line 2 has it)"),
+    ("1,0.5\n\n2,0.5,3\n", 4, "3 columns, the header has 2"),
+    ("1,0.5,7\n2,0.5\n3\n", 2, "3 columns, the header has 2"),  # widths that make up for each other
+    ("1.5,0.5\n", 2, "sample_id '1.5' is not an int64"),
+    ("1_0,0.5\n", 2, "sample_id '1_0' is not an int64"),
+    ("9223372036854775808,0.5\n", 2, "sample_id '9223372036854775808' is not an int64"),
+    ("1,0.5\n2,0.1_5\n", 3, "propensity '0.1_5' is not a probability"),
+    ("7,0.5\n8,0.5\n7,0.25\n", 4, "sample_id 7 again (line 2 has it;"),
 ])
 def test_a_bad_line_is_named_by_file_and_line(tmp_path, body, line, message):
     path = write(tmp_path, "sample_id,propensity\n" + body)
@@ -85,3 +89,20 @@ def test_a_file_without_the_columns_or_any_value_is_refused(tmp_path, text, mess
 def test_a_missing_file_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=f"runner.propensity_file: cannot read {tmp_path}/none.csv"):
         Propensities(str(tmp_path / "none.csv"))
+
+
+def test_a_gzipped_file_a_byte_order_mark_and_blank_lines_read_as_the_data_reader_reads_them(tmp_path):
+    import gzip
+    text = "\ufeffsample_id,propensity\r\n1,0.5\r\n\r\n2,0.25\r\n\r\n"
+    with gzip.open(tmp_path / "given.csv.gz", "wt", encoding="utf-8", newline="") as f:
+        f.write(text)
+    for path in (write(tmp_path, text), str(tmp_path / "given.csv.gz")):
+        assert Propensities(path).lookup(np.array([2, 1]), ["data"]).tolist() == [0.25, 0.5]
+    (tmp_path / "plain.csv").write_bytes((tmp_path / "given.csv.gz").read_bytes())  # gzipped, not so named
+    with pytest.raises(ConfigError, match="plain.csv:1: not a UTF-8 CSV header"):
+        Propensities(str(tmp_path / "plain.csv"))
+
+
+def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="the header names propensity twice"):
+        Propensities(write(tmp_path, "sample_id,propensity,propensity\n1,0.5,0.25\n"))

@@ -44,6 +44,9 @@ def test_a_propensity_of_one_everywhere_makes_snips_the_naive_risk(synthetic, tm
         assert records["given"][key] == pytest.approx(records["naive"][key], rel=1e-5), key
     # the model's own pCTR weighs the clicks otherwise
     assert abs(records["own"]["cvr_loss"] - records["given"]["cvr_loss"]) > 1e-3
+    # the record's weight figures are of the weights applied: all alike
+    assert records["given"]["ipw_ess_share"] == pytest.approx(1.0) and records["own"]["ipw_ess_share"] < 0.999
+    assert "not found in program" not in given.stderr  # the evaluation program is fed what it reads
 
 
 def test_the_recipe_a_separately_trained_ctr_model_gives_the_propensities(synthetic, tmp_path):

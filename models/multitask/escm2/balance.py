@@ -44,10 +44,12 @@ def decile_edges(columns, name, bins=BINS):
 
 
 def balance_report(predictions, propensity_floor, tolerance, bins=BINS, propensity_power=1.0):
-    """The balance check of pCTR as the propensity, per decile of pCVR and of pCTR.
+    """The balance check of the propensity, per decile of pCVR and of the propensity.
 
     predictions: a Columns or a mapping of 1-D arrays [n] with `pctr`, `pcvr` (float) and `click`
-    (0/1). The propensity is max(pCTR, propensity_floor), as the CVR risks use it (losses.py).
+    (0/1), and `propensity` (float) where the CVR risks were given one (a training epoch of
+    runner.propensity_file), which then stands for pCTR throughout (balance_pctr is by its deciles).
+    The propensity is max(pCTR, propensity_floor), as the CVR risks use it (losses.py).
     Returns a dict: balance_pcvr and balance_pctr, lists [bins] of balance_b (NaN for an empty
     decile); balance_worst, the largest |balance_b - 1| among failing deciles of either score
     (0.0 when none fails); balance_failed, the number of failing deciles; ipw_ess_share and
@@ -55,11 +57,12 @@ def balance_report(predictions, propensity_floor, tolerance, bins=BINS, propensi
     (NaN without clicks). Deciles are of the scores' values; ties at an edge go to the upper decile.
     """
     columns = Columns.of(predictions)
-    edges = {name: decile_edges(columns, name, bins) for name in ("pcvr", "pctr")}
+    given = "propensity" if "propensity" in columns else "pctr"
+    edges = {"pcvr": decile_edges(columns, "pcvr", bins), "pctr": decile_edges(columns, given, bins)}
     sums = {name: np.zeros((3, bins)) for name in edges}  # per decile: impressions, sum w, sum var(w)
     total_w = total_w2 = max_w = 0.0
     clicks = 0
-    for pctr, pcvr, click in columns.chunks("pctr", "pcvr", "click"):
+    for pctr, pcvr, click in columns.chunks(given, "pcvr", "click"):
         propensity = np.maximum(pctr.astype(np.float64), propensity_floor)
         clicked = click == 1
         weight = np.where(clicked, 1.0 / propensity, 0.0)

@@ -69,13 +69,15 @@ class DygraphModel(DygraphContract):
 
 def collect(metrics, batch, pctr, pcvr):
     """A batch's pCTR and pCVR [B] and its labels into the epoch's metrics (labels as int8: they
-    are 0/1, and an epoch keeps them for every impression)."""
-    metrics.add(pctr=pctr, pcvr=pcvr, **{k: np.asarray(batch[k], dtype=np.int8) for k in LABELS})
+    are 0/1, and an epoch keeps them for every impression), and its given propensity [B] where it
+    brings one (runner.propensity_file), which the balance check then reads in place of pCTR."""
+    given = {"propensity": batch["propensity"]} if "propensity" in batch else {}
+    metrics.add(pctr=pctr, pcvr=pcvr, **given, **{k: np.asarray(batch[k], dtype=np.int8) for k in LABELS})
 
 
 def summarize_metrics(predictions, config):
     """The ESMM/ESCM2 evaluation protocol (rectools.metrics.ctr_cvr_report) of an epoch's predictions,
-    and the balance check of pCTR as the propensity (balance.balance_report)."""
+    and the balance check of the propensity the CVR risks divide by (balance.balance_report)."""
     return {**ctr_cvr_report(predictions),
             **balance.balance_report(predictions, config["hyper_parameters.propensity_floor"],
                                      config["runner.balance_tolerance"],
