@@ -54,8 +54,8 @@ RUNNER_KEYS = [
         "instead of its own pCTR (then floored and shrunk alike): header with sample_id and propensity, or the pctr "
         "column tools/predict.py writes (propensity wins when both are there); one line per sample_id, every training "
         "sample_id covered, values in (0, 1]; e.g. a separately trained CTR model's predictions on the training "
-        "folder (README); training only (validation, infer, export and predict weigh by pCTR); null: the model's own "
-        "pCTR"),
+        "folder (README); training only (a validation split and infer weigh their losses by pCTR); null: the model's "
+        "own pCTR"),
     Key("runner.model_init_path", "path", None,
         "checkpoint folder to start from (e.g. output_model/1): parameters, and optimizer state when present"),
     Key("runner.infer_load_path", "path", None, "where infer finds the checkpoints; default: model_save_path"),

@@ -261,25 +261,13 @@ def run_one(job):
     training impressions, through the same loops as tools/trainer.py and tools/infer.py (runs in a
     worker process)."""
     logging.getLogger().setLevel(logging.WARNING)
-    data = os.path.join(job["data"], "synthetic")
-    with open(os.path.join(data, "meta.json")) as f:
-        meta = json.load(f)
-    placed = [f"runner.train_data_dir={data}/train", f"runner.test_data_dir={data}/test",
-              f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
-              f"hyper_parameters.backbone={job['backbone']}", f"runner.seed={job['seed']}",
-              "runner.use_inference=False"]
+    data, placed = placement(job)
     overrides = [*job["overrides"], *placed, f"runner.counterfact_mode={job['mode']}",
                  f"runner.model_save_path={job['run_dir']}"]
     start = time.perf_counter()
     train_truth, truth = truth_file(data, "train"), truth_file(data, "test")
-    arm = next((suffix for suffix in ARMS if job["variant"].endswith(suffix)), None)
-    if arm is not None:  # the arm's propensities reach the run as a user's would: runner.propensity_file
-        propensity = (train_truth["true_ctr"] if arm == ORACLE else
-                      crossfit_propensity(job, placed, data, train_truth) if arm == CROSSFIT else
-                      separate_propensity(job, placed, data, train_truth))
-        path = job["run_dir"] + ".propensity.csv"
-        write_propensity_file(path, train_truth["sample_id"], propensity)
-        overrides.append(f"runner.propensity_file={path}")
+    if job["arm"] is not None:  # the arm's propensities reach the run as a user's would: runner.propensity_file
+        overrides.append(f"runner.propensity_file={job['propensity_file']}")
     config, package = model_loader.load(job["model_config"], overrides)
     loops.train(config, package, job["mode_graph"])
     epoch = judge_epoch(config, job["run_dir"])
@@ -301,6 +289,32 @@ def run_one(job):
         result["gate_entropy"] = gate_entropies(config, package, job["run_dir"], epoch)
     result["seconds"] = round(time.perf_counter() - start, 1)
     return result
+
+
+def placement(job):
+    """(the data set's synthetic folder, the overrides that place a run of `job` on it: its data, table
+    size, backbone and seed)."""
+    data = os.path.join(job["data"], "synthetic")
+    with open(os.path.join(data, "meta.json")) as f:
+        meta = json.load(f)
+    return data, [f"runner.train_data_dir={data}/train", f"runner.test_data_dir={data}/test",
+                  f"hyper_parameters.sparse_feature_number={meta['sparse_feature_number']}",
+                  f"hyper_parameters.backbone={job['backbone']}", f"runner.seed={job['seed']}",
+                  "runner.use_inference=False"]
+
+
+def fit_arm(job):
+    """The propensities of one arm for one data set, backbone and seed, fitted once before the runs that
+    divide by them (runs in a worker process): job["propensity_file"] written, as runner.propensity_file
+    reads it."""
+    logging.getLogger().setLevel(logging.WARNING)
+    data, placed = placement(job)
+    train_truth = truth_file(data, "train")
+    propensity = (train_truth["true_ctr"] if job["arm"] == ORACLE else
+                  crossfit_propensity(job, placed, data, train_truth) if job["arm"] == CROSSFIT else
+                  separate_propensity(job, placed, data, train_truth))
+    write_propensity_file(job["propensity_file"], train_truth["sample_id"], propensity)
+    return job["propensity_file"]
 
 
 def crossfit_propensity(job, placed, data, train_truth):
@@ -331,12 +345,12 @@ def separate_propensity(job, placed, data, train_truth):
 
 
 def cached_propensity(folder, fit):
-    """<folder>/propensity.npy, made by `fit()` (float64 [n]) when absent."""
+    """<folder>/propensity.npy, made by `fit()` (float64 [n]) when absent (fit_arm makes each once)."""
     path = os.path.join(folder, "propensity.npy")
     if os.path.isfile(path):
         return np.load(path)
     propensity = fit()
-    with atomic.atomic_file(path, "wb") as f:  # two runs of one seed may both get here: either file will do
+    with atomic.atomic_file(path, "wb") as f:
         np.save(f, propensity)
     return propensity
 
@@ -398,16 +412,24 @@ def run(suite):
             mode, pinned = VARIANTS[base]
             overrides = suite["suite.overrides"] + pinned + suite.get(f"suite.variant_overrides.{base}", [])
             run_dir = os.path.join(out, "runs", name, f"{backbone}-{variant}-seed{seed}")
+            arm = next((suffix for suffix in ARMS if variant.endswith(suffix)), None)
+            arm_dir = None if arm is None else os.path.join(out, arm[1:], name, f"{backbone}-seed{seed}")
             jobs.append({"data_set": name, "variant": variant, "mode": mode, "backbone": backbone, "seed": seed,
                          "data": folder, "model_config": suite["suite.model_config"], "overrides": overrides,
-                         "suite_overrides": suite["suite.overrides"], "run_dir": run_dir,
+                         "suite_overrides": suite["suite.overrides"], "run_dir": run_dir, "arm": arm,
+                         "propensity_file": None if arm is None else os.path.join(arm_dir, "propensity.csv"),
                          "crossfit_dir": os.path.join(out, "crossfit", name, f"{backbone}-seed{seed}"),
                          "separate_dir": os.path.join(out, "separate", name, f"{backbone}-seed{seed}"),
                          "separate_overrides": suite["suite.separate_overrides"],
                          "mode_graph": suite["suite.graph_mode"]})
-    for arm in ("crossfit", "separate"):
-        if suite[f"suite.{arm}"]:
-            shutil.rmtree(os.path.join(out, arm), ignore_errors=True)  # propensities of this suite's settings only
+    for arm in ARMS:
+        shutil.rmtree(os.path.join(out, arm[1:]), ignore_errors=True)  # propensities of this suite's settings only
+    # each arm's propensities once per data set, backbone and seed, before the runs that divide by them
+    arm_jobs = list({job["propensity_file"]: job for job in jobs if job["arm"] is not None}.values())
+    if arm_jobs:
+        log.info("propensities of %d arm(s) x data set x backbone x seed on %d worker(s)", len(arm_jobs),
+                 suite["suite.workers"])
+        list(_map(fit_arm, arm_jobs, suite["suite.workers"]))
     log.info("%d runs on %d worker(s)", len(jobs), suite["suite.workers"])
     results = []
     with atomic.atomic_file(os.path.join(out, "results.jsonl")) as f:  # a failed suite keeps the old results
@@ -481,8 +503,8 @@ def markdown(results, suite):
             f"{ORACLE}: the variant with the generator's true CTR as its propensity (pCTR is still learnt and "
             f"reported). {CROSSFIT}: with cross-fitted propensities (pCTR of an ESMM model trained on the other "
             f"half of the training impressions). {SEPARATE}: with the pCTR of a separately trained ESMM model "
-            f"({' '.join(suite['suite.separate_overrides'])}). Balance: the worst failing decile's |weighted clicks per "
-            "impression - 1| of the balance check on the test impressions (0: it passes). "
+            f"({' '.join(suite['suite.separate_overrides'])}). Balance: the worst failing decile's |weighted "
+            "clicks per impression - 1| of the balance check on the test impressions (0: it passes). "
             "Gate entropy: mean over test impressions of the MMoE gate's entropy in nats (uniform over the "
             "experts: ln(expert_num); collapsed onto one expert: 0).\n")
     return "\n".join(rows) + "\n" + note + warning_table(results, suite["suite.default_variant"])

@@ -68,6 +68,11 @@ def test_a_training_impression_without_a_propensity_is_named(tmp_path):
     ("9223372036854775808,0.5\n", 2, "sample_id '9223372036854775808' is not an int64"),
     ("1,0.5\n2,0.1_5\n", 3, "propensity '0.1_5' is not a probability"),
     ("7,0.5\n8,0.5\n7,0.25\n", 4, "sample_id 7 again (line 2 has it;"),
+    ("1,0.5#note\n", 2, "propensity '0.5#note' is not a probability"),  # no comment character
+    ("1,0.5\n#,0.5\n", 3, "sample_id '#' is not an int64"),
+    ("1,0.5\n2\r,0.5\n", 3, "a carriage return inside the line"),
+    ("1,0.5\n2,1e-50\n", 3, "propensity '1e-50' is not a probability in (0, 1] as float32"),
+    ("1,0.5\n,0.5\n", 3, "sample_id '' is not an int64"),
 ])
 def test_a_bad_line_is_named_by_file_and_line(tmp_path, body, line, message):
     path = write(tmp_path, "sample_id,propensity\n" + body)
@@ -106,3 +111,26 @@ def test_a_gzipped_file_a_byte_order_mark_and_blank_lines_read_as_the_data_reade
 def test_a_header_that_names_a_column_twice_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="the header names propensity twice"):
         Propensities(write(tmp_path, "sample_id,propensity,propensity\n1,0.5,0.25\n"))
+
+
+def test_lines_are_numbered_alike_across_the_blocks_the_file_is_read_in(tmp_path, monkeypatch):
+    import rectools.propensity as module
+    monkeypatch.setattr(module, "BLOCK_BYTES", 7)  # a block or two per line
+    body = "".join(f"{i},0.5\n" for i in range(-3, 40)) + "\r\n\n77,0.25"  # negative ids; no final newline
+    propensities = Propensities(write(tmp_path, "sample_id,propensity\n" + body))
+    assert len(propensities) == 44
+    assert propensities.lookup(np.array([77, -3, 39]), ["data"]).tolist() == [0.25, 0.5, 0.5]
+    with pytest.raises(DataError) as error:
+        Propensities(write(tmp_path, "sample_id,propensity\n" + body + "\n5,2\n", "bad.csv"))
+    assert error.value.line_no == 48 and "propensity '2'" in error.value.message  # 43 lines, 2 blank, 77, then 5
+    with pytest.raises(UserError, match=r"no propensity for sample_id -4 of a and 2 more file"):
+        propensities.lookup(np.array([0, -4]), ["a", "b", "c"])  # below the smallest id
+    with pytest.raises(UserError, match="no propensity for sample_id 78"):
+        propensities.lookup(np.array([78]), ["a"])  # above the largest
+
+
+def test_a_blank_first_line_is_not_taken_for_an_empty_file(tmp_path):
+    with pytest.raises(ConfigError, match=":1: the line is blank; the header must come first"):
+        Propensities(write(tmp_path, "\nsample_id,propensity\n1,0.5\n"))
+    with pytest.raises(ConfigError, match="propensity.csv is empty"):
+        Propensities(write(tmp_path, ""))

@@ -108,17 +108,20 @@ def test_the_oracle_arm_trains_on_the_true_ctr_and_both_splits_are_measured(tmp_
     from rectools.propensity import Propensities
     from studies.bias import bias_study as study
     truth = study.read_truth(str(folder / "truth" / "train.csv"))
-    given = Propensities(str(tmp_path / "runs" / "rho0" / "mlp-SNIPS+oracle-seed1.propensity.csv"))
+    given = Propensities(str(tmp_path / "oracle" / "rho0" / "mlp-seed1" / "propensity.csv"))
     np.testing.assert_allclose(given.lookup(truth["sample_id"].astype(np.int64), ["train"]), truth["true_ctr"],
                                rtol=1e-6)
 
 
-def test_the_separate_arm_gives_the_pctr_of_an_early_stopped_ctr_model_in_either_graph_mode(tmp_path):
-    runs = small_suite(tmp_path, "suite.separate=true", "suite.variants=[ESMM, SNIPS]", "suite.default_variant=SNIPS",
+def test_the_separate_arm_gives_the_pctr_of_an_early_stopped_ctr_model_in_a_static_suite(tmp_path):
+    # two variants divide by the one propensity model of the seed, on two workers: it is trained once
+    runs = small_suite(tmp_path, "suite.separate=true", "suite.variants=[ESMM, SNIPS, IPW]",
+                       "suite.default_variant=SNIPS",
                        "suite.graph_mode=static",
                        "suite.separate_overrides=[runner.epochs=3, runner.dev_fraction=0.2, "
                        "runner.early_stop_patience=1, runner.early_stop_metric=auc_ctr]")
-    assert sorted(runs) == ["ESMM", "SNIPS", "SNIPS+separate"] and runs["SNIPS+separate"]["mode"] == "IPW"
+    assert sorted(runs) == ["ESMM", "IPW", "IPW+separate", "SNIPS", "SNIPS+separate"]
+    assert runs["SNIPS+separate"]["mode"] == "IPW"
     assert runs["SNIPS+separate"]["ieb"] != runs["SNIPS"]["ieb"]  # same seed: only the propensity differs
     assert "| SNIPS+separate |" in (tmp_path / "results.md").read_text()
     from rectools import early_stopping, model_loader
@@ -142,7 +145,7 @@ def test_the_separate_arm_gives_the_pctr_of_an_early_stopped_ctr_model_in_either
         _, predicted = study.predictions_of(config, package, "static", f"{folder}/train", truth, quiet=True)
     finally:
         paddle.disable_static()
-    given = Propensities(str(tmp_path / "runs" / "rho0" / "mlp-SNIPS+separate-seed1.propensity.csv"))
+    given = Propensities(str(tmp_path / "separate" / "rho0" / "mlp-seed1" / "propensity.csv"))
     np.testing.assert_allclose(given.lookup(truth["sample_id"].astype(np.int64), ["train"]), predicted["pctr"],
                                rtol=1e-6)
 

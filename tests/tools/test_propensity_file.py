@@ -62,11 +62,14 @@ def test_the_recipe_a_separately_trained_ctr_model_gives_the_propensities(synthe
     assert (tmp_path / "escm2" / "0").is_dir()
 
 
-@pytest.mark.parametrize("tool", ["trainer.py", "static_trainer.py"])
-def test_a_file_that_misses_a_training_impression_stops_the_run_in_one_line(synthetic, tmp_path, tool):
+@pytest.mark.parametrize("tool, start", [("trainer.py", "true"), ("static_trainer.py", "true"),
+                                         ("trainer.py", "false"), ("static_trainer.py", "false")])
+def test_a_file_that_misses_a_training_impression_stops_the_run_in_one_line(synthetic, tmp_path, tool, start):
+    # found in the pass that sets the CTR tower's start, or without it mid-epoch, from the reading thread
     ids = train_ids(synthetic)
     partial = write_propensities(tmp_path / "partial.csv", ids[ids != ids[4000]], np.full(len(ids) - 1, 0.2))
-    result = run(tool, synthetic, tmp_path, "out", f"runner.propensity_file={partial}")
+    result = run(tool, synthetic, tmp_path, "out", f"runner.propensity_file={partial}",
+                 f"runner.ctr_prior_init={start}")
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert f"partial.csv has no propensity for sample_id {ids[4000]} of " in last and "Traceback" not in result.stderr

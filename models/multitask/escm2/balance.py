@@ -62,13 +62,13 @@ def balance_report(predictions, propensity_floor, tolerance, bins=BINS, propensi
     sums = {name: np.zeros((3, bins)) for name in edges}  # per decile: impressions, sum w, sum var(w)
     total_w = total_w2 = max_w = 0.0
     clicks = 0
-    for pctr, pcvr, click in columns.chunks(given, "pcvr", "click"):
-        propensity = np.maximum(pctr.astype(np.float64), propensity_floor)
+    for score, pcvr, click in columns.chunks(given, "pcvr", "click"):
+        propensity = np.maximum(score.astype(np.float64), propensity_floor)
         clicked = click == 1
         weight = np.where(clicked, 1.0 / propensity, 0.0)
         variance = (1.0 - propensity) / propensity  # of o / ô under a correct ô
-        for name, score in (("pcvr", pcvr), ("pctr", pctr)):
-            decile = np.searchsorted(edges[name], score, side="right")
+        for name, ranked in (("pcvr", pcvr), ("pctr", score)):
+            decile = np.searchsorted(edges[name], ranked, side="right")
             for row, values in enumerate((None, weight, variance)):
                 sums[name][row] += np.bincount(decile, weights=values, minlength=bins)
         applied = weight if propensity_power == 1.0 else np.where(clicked, propensity ** -propensity_power, 0.0)

@@ -46,8 +46,8 @@ class DygraphModel(DygraphContract):
         uniq, inverse, click, buy = self.create_feeds(batch, config)
         outputs = dy_model(uniq, inverse)
         collect(metrics, batch, outputs[0].numpy(), outputs[1].numpy())
-        # a training batch may bring its own propensity [B] (runner.propensity_file)
-        propensity = batch.get("propensity")
+        # a training batch of runner.propensity_file brings its propensity [B]; static feeds it only then too
+        propensity = batch.get("propensity") if config["runner.propensity_file"] is not None else None
         if propensity is not None:
             propensity = paddle.to_tensor(propensity, dtype="float32")
         return self.create_loss(outputs, click, buy, config, propensity)
