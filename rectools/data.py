@@ -17,15 +17,17 @@ import queue
 import signal
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, DataError, UserError
 from .model_loader import model_module
 from .stops import raise_pending_stop
 
 PREFETCH = 4  # batches made ahead of the training step
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte order mark, which text files may start with
 
 
 def data_files(folder, key):
@@ -55,6 +57,50 @@ def _how_to_get(folder):
 def open_data(path):
     """A data file's bytes (a binary file object), read through gzip when its name ends in .gz."""
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
+
+
+def read_blocks(path, block_bytes, max_lines):
+    """(number of the first line, bytes of whole lines, each ending in \\n) of the file, in order.
+
+    A block holds at most `max_lines` lines and about `block_bytes` bytes (more only when one line
+    is longer). A BOM at the start of the file is dropped. Raises DataError for a damaged .gz file,
+    naming the last line read whole.
+    """
+    line_no, carry, first = 1, b"", True
+    with open_data(path) as f:
+        while True:
+            try:
+                data = f.read(block_bytes)
+            except (OSError, EOFError, zlib.error) as e:  # gzip raises all three for damaged data
+                where = f"after line {line_no - 1} (the last line read whole)" if line_no > 1 else "at its start"
+                raise DataError(path, line_no, f"not readable as gzip {where}: {e}") from None
+            if first:
+                data, first = (data[len(BOM):] if data.startswith(BOM) else data), False
+            if not data:
+                break
+            text = carry + data
+            end = text.rfind(b"\n") + 1
+            carry = text[end:]
+            line_no = yield from _line_pieces(text[:end], line_no, max_lines)
+    if carry:
+        yield line_no, carry + b"\n"
+
+
+def _line_pieces(text, line_no, max_lines):
+    """Yields whole-line pieces of `text` of at most max_lines lines each; returns the number of
+    the line after them."""
+    lines = text.count(b"\n")
+    if lines <= max_lines:
+        if text:
+            yield line_no, text
+        return line_no + lines
+    ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)[max_lines - 1::max_lines] + 1
+    start = 0
+    for piece, end in enumerate([*ends.tolist(), len(text)]):
+        if end > start:
+            yield line_no + piece * max_lines, text[start:end]
+            start = end
+    return line_no + lines
 
 
 def reader(config, package, data_key, reader_key):

@@ -5,22 +5,21 @@ tools/predict.py writes, so a separately trained CTR model's predictions on the 
 serve directly. Every value must be a probability in (0, 1]; every training sample_id must have one.
 """
 import io
+import itertools
 import logging
 import warnings
 
 import numpy as np
 
 from .contract import Reader
-from .data import open_data
+from .data import read_blocks
 from .errors import ConfigError, DataError, UserError
 
 log = logging.getLogger("rectools")
 
 KEY = "runner.propensity_file"
 COLUMNS = ("propensity", "pctr")  # the value column, by preference
-
-
-BLOCK_BYTES = 16 << 20  # the file is parsed in blocks of whole lines of about this size: memory stays bounded
+BLOCK_BYTES, BLOCK_LINES = 16 << 20, 1 << 20  # the file is parsed in blocks of whole lines: memory stays bounded
 
 
 class Propensities:
@@ -29,29 +28,31 @@ class Propensities:
     The file may be gzipped (.gz) and start with a UTF-8 byte order mark; blank lines carry nothing and
     are passed over. Memory: about 40 bytes a line while it loads (12 after) and a few blocks. Raises
     ConfigError when the file cannot be read, is empty, or its header lacks sample_id or a value column or
-    names one twice; DataError (file:line) for a line of another width, a sample_id that is not an int64,
-    a value that is not a probability in (0, 1] (as float32) or a sample_id seen before."""
+    names one twice; DataError (file:line) for a damaged .gz file, a line of another width, a sample_id
+    that is not an int64, a value that is not a probability in (0, 1] (as float32) or a sample_id seen
+    before."""
 
     def __init__(self, path):
         self.path = path
         try:
-            with open_data(path) as f:
-                header = self._header(f)
-                value = next((c for c in COLUMNS if c in header), None)
-                if "sample_id" not in header or value is None:
-                    raise ConfigError(f"{KEY}: {path}:1: the header needs sample_id and one of "
-                                      f"{', '.join(COLUMNS)} (tools/predict.py writes sample_id,pctr,...), got "
-                                      f"{','.join(header)!r}")
-                for name in ("sample_id", value):
-                    if header.count(name) > 1:
-                        raise ConfigError(f"{KEY}: {path}:1: the header names {name} twice")
-                columns = (len(header), header.index("sample_id"), header.index(value), value)
-                parts, line = [], 2
-                for block in _blocks(f):
-                    parts.append(_block_columns(path, block, line, *columns))
-                    line += block.count(b"\n")
-        except (OSError, EOFError) as e:
-            raise ConfigError(f"{KEY}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+            blocks = read_blocks(path, BLOCK_BYTES, BLOCK_LINES)
+            first = next(blocks, None)
+            if first is None:
+                raise ConfigError(f"{KEY}: {path} is empty")
+            head, _, rest = first[1].partition(b"\n")
+            header = self._header(head)
+            value = next((c for c in COLUMNS if c in header), None)
+            if "sample_id" not in header or value is None:
+                raise ConfigError(f"{KEY}: {path}:1: the header needs sample_id and one of {', '.join(COLUMNS)} "
+                                  f"(tools/predict.py writes sample_id,pctr,...), got {','.join(header)!r}")
+            for name in ("sample_id", value):
+                if header.count(name) > 1:
+                    raise ConfigError(f"{KEY}: {path}:1: the header names {name} twice")
+            columns = (len(header), header.index("sample_id"), header.index(value), value)
+            parts = [_block_columns(path, block, line, *columns)
+                     for line, block in itertools.chain([(2, rest)], blocks) if block]
+        except OSError as e:
+            raise ConfigError(f"{KEY}: cannot read {path}: {e.strerror or e}") from None
         ids, values, lines = (np.concatenate([part[k] for part in parts]) if parts else np.zeros(0)
                               for k in range(3))
         if not len(ids):
@@ -66,17 +67,15 @@ class Propensities:
                                           "sample_ids cannot have one)")
         self.column = value
 
-    def _header(self, f):
-        """The header's column names (first line, a byte order mark dropped). Raises ConfigError."""
-        head = f.readline().removeprefix(b"\xef\xbb\xbf")
+    def _header(self, head):
+        """The header's column names, from the first line's bytes. Raises ConfigError."""
         try:
-            header = head.decode("utf-8").rstrip("\r\n").split(",")
+            header = head.decode("utf-8").rstrip("\r").split(",")
         except UnicodeDecodeError:
             raise ConfigError(f"{KEY}: {self.path}:1: not a UTF-8 CSV header (a gzipped file needs the .gz "
                               "suffix)") from None
         if header == [""]:
-            raise ConfigError(f"{KEY}: {self.path} is empty" if not head else
-                              f"{KEY}: {self.path}:1: the line is blank; the header must come first")
+            raise ConfigError(f"{KEY}: {self.path}:1: the line is blank; the header must come first")
         return header
 
     def __len__(self):
@@ -93,22 +92,6 @@ class Propensities:
                             f"{where} ({int(missing.sum())} of this chunk's {len(sample_id)} lack one): the file "
                             "must cover every training impression")
         return self.values[at]
-
-
-def _blocks(f):
-    """The rest of a binary file in blocks of whole lines (each ends in a newline but perhaps the last)."""
-    rest = b""
-    while True:
-        chunk = f.read(BLOCK_BYTES)
-        if not chunk:
-            if rest:
-                yield rest
-            return
-        block = rest + chunk
-        cut = block.rfind(b"\n") + 1
-        if cut:
-            yield block[:cut]
-        rest = block[cut:]
 
 
 def _block_columns(path, block, first_line, width, id_column, value_column, value_name):

@@ -19,20 +19,18 @@ LinesReader to its fields in its reader module (the ESCM2 folder's escm_reader.p
 """
 import logging
 import os
-import zlib
 
 import numpy as np
 
 from rectools import cache
 from rectools.contract import Reader
-from rectools.data import open_data, process_map
+from rectools.data import BOM, process_map, read_blocks
 from rectools.errors import DataError
 
 from .block_parser import BlockParser, Irregular
 from .line_parser import LineParser, add_counts, new_counts
 
 log = logging.getLogger(__name__)
-BOM = b"\xef\xbb\xbf"
 PARSER_VERSION = 2  # part of the cache key: bump whenever the parsed arrays or counts change
 BLOCK_BYTES = 2 << 20  # text parsed at once: enough to amortise the numpy calls of a block
 FIRST_BLOCK_BYTES = 64 << 10  # the first block of a file: training starts without waiting for 2 MB
@@ -143,33 +141,6 @@ class ParseJob:
 
 # ----------------------------------------------------------------------------- reading text
 
-def read_blocks(path, block_bytes, max_lines):
-    """(number of the first line, bytes of whole lines, each ending in \\n) of the file, in order.
-
-    A block holds at most `max_lines` lines and about `block_bytes` bytes (more only when one line
-    is longer). A BOM at the start of the file is dropped. Raises DataError for a damaged .gz file,
-    naming the last line read whole.
-    """
-    line_no, carry, first = 1, b"", True
-    with open_data(path) as f:
-        while True:
-            try:
-                data = f.read(block_bytes)
-            except (OSError, EOFError, zlib.error) as e:  # gzip raises all three for damaged data
-                where = f"after line {line_no - 1} (the last line read whole)" if line_no > 1 else "at its start"
-                raise DataError(path, line_no, f"not readable as gzip {where}: {e}") from None
-            if first:
-                data, first = (data[len(BOM):] if data.startswith(BOM) else data), False
-            if not data:
-                break
-            text = carry + data
-            end = text.rfind(b"\n") + 1
-            carry = text[end:]
-            line_no = yield from _cut(text[:end], line_no, max_lines)
-    if carry:
-        yield line_no, carry + b"\n"
-
-
 def byte_ranges(size, block_bytes, first_bytes=FIRST_BLOCK_BYTES):
     """(start, end, size) ranges tiling a file of `size` bytes: a small first one, so that the first
     batches come at once, then `block_bytes` each."""
@@ -206,20 +177,3 @@ def read_range(path, start, end, size):
     if data and not data.endswith(b"\n"):
         data += b"\n"
     return data
-
-
-def _cut(text, line_no, max_lines):
-    """Yields whole-line pieces of `text` of at most max_lines lines each; returns the number of
-    the line after them."""
-    lines = text.count(b"\n")
-    if lines <= max_lines:
-        if text:
-            yield line_no, text
-        return line_no + lines
-    ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)[max_lines - 1::max_lines] + 1
-    start = 0
-    for piece, end in enumerate([*ends.tolist(), len(text)]):
-        if end > start:
-            yield line_no + piece * max_lines, text[start:end]
-            start = end
-    return line_no + lines

@@ -120,6 +120,7 @@ ORACLE = "+oracle"  # suffix of a variant run with the true CTR as its propensit
 CROSSFIT = "+crossfit"  # suffix of a variant run with cross-fitted propensities
 SEPARATE = "+separate"  # suffix of a variant run with a separately trained propensity
 ARMS = {ORACLE: "suite.oracle", CROSSFIT: "suite.crossfit", SEPARATE: "suite.separate"}  # suffix -> its key
+PROPENSITY_CSV = "propensity.csv"  # an arm's propensities, in <output_dir>/<arm>/<data set>/<backbone>-seed<seed>/
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -267,7 +268,7 @@ def run_one(job):
     start = time.perf_counter()
     train_truth, truth = truth_file(data, "train"), truth_file(data, "test")
     if job["arm"] is not None:  # the arm's propensities reach the run as a user's would: runner.propensity_file
-        overrides.append(f"runner.propensity_file={job['propensity_file']}")
+        overrides.append(f"runner.propensity_file={os.path.join(job['arm_dir'], PROPENSITY_CSV)}")
     config, package = model_loader.load(job["model_config"], overrides)
     loops.train(config, package, job["mode_graph"])
     epoch = judge_epoch(config, job["run_dir"])
@@ -305,7 +306,7 @@ def placement(job):
 
 def fit_arm(job):
     """The propensities of one arm for one data set, backbone and seed, fitted once before the runs that
-    divide by them (runs in a worker process): job["propensity_file"] written, as runner.propensity_file
+    divide by them (runs in a worker process): <job["arm_dir"]>/propensity.csv written, as runner.propensity_file
     reads it."""
     logging.getLogger().setLevel(logging.WARNING)
     data, placed = placement(job)
@@ -313,46 +314,31 @@ def fit_arm(job):
     propensity = (train_truth["true_ctr"] if job["arm"] == ORACLE else
                   crossfit_propensity(job, placed, data, train_truth) if job["arm"] == CROSSFIT else
                   separate_propensity(job, placed, data, train_truth))
-    write_propensity_file(job["propensity_file"], train_truth["sample_id"], propensity)
-    return job["propensity_file"]
+    write_propensity_file(os.path.join(job["arm_dir"], PROPENSITY_CSV), train_truth["sample_id"], propensity)
 
 
 def crossfit_propensity(job, placed, data, train_truth):
     """Cross-fitted propensities of the training impressions (float64 [n], in train_truth's order): for
     each half of them (by early_stopping.held_out's hash of sample_id at 0.5), pCTR of an ESMM model
-    trained on the other half (esmm_pctr with the suite's overrides). The same for every variant of a
-    data set, backbone and seed: kept in job["crossfit_dir"] (propensity.npy, the two models in half-0/
-    and half-1/). Each model predicts all the training impressions, of which the other half's are kept."""
-    def fit():
-        held = early_stopping.held_out(train_truth["sample_id"].astype(np.int64), 0.5)
-        propensity = np.full(len(held), np.nan)
-        for half in (False, True):
-            run_dir = os.path.join(job["crossfit_dir"], f"half-{int(half)}")
-            predicted = esmm_pctr(job, placed, data, train_truth, run_dir, [],
-                                  lambda dataset: early_stopping.HeldOut(dataset, 0.5, half))
-            propensity[held != half] = predicted[held != half]
-        return propensity
-    return cached_propensity(job["crossfit_dir"], fit)
+    trained on the other half (esmm_pctr with the suite's overrides), the two models in half-0/ and
+    half-1/ of job["arm_dir"]. Each model predicts all the training impressions, of which the other
+    half's are kept."""
+    held = early_stopping.held_out(train_truth["sample_id"].astype(np.int64), 0.5)
+    propensity = np.full(len(held), np.nan)
+    for half in (False, True):
+        run_dir = os.path.join(job["arm_dir"], f"half-{int(half)}")
+        predicted = esmm_pctr(job, placed, data, train_truth, run_dir, [],
+                              lambda dataset: early_stopping.HeldOut(dataset, 0.5, half))
+        propensity[held != half] = predicted[held != half]
+    return propensity
 
 
 def separate_propensity(job, placed, data, train_truth):
     """Separately trained propensities of the training impressions (float64 [n], in train_truth's
-    order): pCTR of an ESMM model trained on all of them with suite.separate_overrides (esmm_pctr). The
-    same for every variant of a data set, backbone and seed: kept in job["separate_dir"] (propensity.npy,
-    the model in model/)."""
-    return cached_propensity(job["separate_dir"], lambda: esmm_pctr(
-        job, placed, data, train_truth, os.path.join(job["separate_dir"], "model"), job["separate_overrides"]))
-
-
-def cached_propensity(folder, fit):
-    """<folder>/propensity.npy, made by `fit()` (float64 [n]) when absent (fit_arm makes each once)."""
-    path = os.path.join(folder, "propensity.npy")
-    if os.path.isfile(path):
-        return np.load(path)
-    propensity = fit()
-    with atomic.atomic_file(path, "wb") as f:
-        np.save(f, propensity)
-    return propensity
+    order): pCTR of an ESMM model trained on all of them with suite.separate_overrides (esmm_pctr), the
+    model in model/ of job["arm_dir"]."""
+    return esmm_pctr(job, placed, data, train_truth, os.path.join(job["arm_dir"], "model"),
+                     job["separate_overrides"])
 
 
 def esmm_pctr(job, placed, data, train_truth, run_dir, extra, select=lambda dataset: dataset):
@@ -413,19 +399,17 @@ def run(suite):
             overrides = suite["suite.overrides"] + pinned + suite.get(f"suite.variant_overrides.{base}", [])
             run_dir = os.path.join(out, "runs", name, f"{backbone}-{variant}-seed{seed}")
             arm = next((suffix for suffix in ARMS if variant.endswith(suffix)), None)
-            arm_dir = None if arm is None else os.path.join(out, arm[1:], name, f"{backbone}-seed{seed}")
             jobs.append({"data_set": name, "variant": variant, "mode": mode, "backbone": backbone, "seed": seed,
                          "data": folder, "model_config": suite["suite.model_config"], "overrides": overrides,
                          "suite_overrides": suite["suite.overrides"], "run_dir": run_dir, "arm": arm,
-                         "propensity_file": None if arm is None else os.path.join(arm_dir, "propensity.csv"),
-                         "crossfit_dir": os.path.join(out, "crossfit", name, f"{backbone}-seed{seed}"),
-                         "separate_dir": os.path.join(out, "separate", name, f"{backbone}-seed{seed}"),
+                         "arm_dir": None if arm is None else os.path.join(out, arm[1:], name,
+                                                                           f"{backbone}-seed{seed}"),
                          "separate_overrides": suite["suite.separate_overrides"],
                          "mode_graph": suite["suite.graph_mode"]})
     for arm in ARMS:
         shutil.rmtree(os.path.join(out, arm[1:]), ignore_errors=True)  # propensities of this suite's settings only
     # each arm's propensities once per data set, backbone and seed, before the runs that divide by them
-    arm_jobs = list({job["propensity_file"]: job for job in jobs if job["arm"] is not None}.values())
+    arm_jobs = list({job["arm_dir"]: job for job in jobs if job["arm"] is not None}.values())
     if arm_jobs:
         log.info("propensities of %d arm(s) x data set x backbone x seed on %d worker(s)", len(arm_jobs),
                  suite["suite.workers"])

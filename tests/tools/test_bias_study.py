@@ -188,7 +188,9 @@ def test_the_crossfit_arm_weights_each_impression_by_a_model_that_has_not_seen_i
     with open(folder / "meta.json") as f:
         meta = json.load(f)
     crossfit_dir = tmp_path / "crossfit" / "rho0" / "mlp-seed1"
-    propensity = np.load(crossfit_dir / "propensity.npy")  # what the SNIPS+crossfit run divided by
+    from rectools.propensity import Propensities  # what the SNIPS+crossfit run divided by
+    propensity = Propensities(str(crossfit_dir / "propensity.csv")).lookup(truth["sample_id"].astype(np.int64),
+                                                                          ["train"])
     assert propensity.shape == half.shape and not np.isnan(propensity).any()
     for k in (0, 1):  # each an ESMM model trained on its half alone, predicting the other half
         with open(crossfit_dir / f"half-{k}" / "train_metrics.jsonl") as f:
